@@ -1,0 +1,14 @@
+"""dropkit: the dropout family for PyTorch, on one reproducible Philox mask engine.
+
+>>> import torch, dropkit
+>>> y = dropkit.functional.dropout(torch.ones(8), 0.5, seed=0)
+>>> y.tolist()
+[2.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+"""
+
+from . import functional, nn, rng
+from .kernels import get_backend, set_backend
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "functional", "get_backend", "nn", "rng", "set_backend"]

@@ -1,0 +1,380 @@
+"""The dropout family as functions: validate, short-circuit the trivial cases, dispatch.
+
+Every function here draws its decisions from dropkit's Philox mask engine (``docs/rng.md``):
+the mask is a pure function of ``(seed, noise shape)``, identical on every backend and device,
+and backward regenerates it from the seed instead of keeping it (autograd saves 16 bytes per
+call, not a mask).
+
+Conventions shared by all functions:
+
+* ``p`` is the probability of *dropping* an element (not the keep probability). It is realised
+  as ``p_eff = round(p * 65536) / 65536`` (``|p_eff - p| <= 2**-17``), and inverted scaling uses
+  ``1 / (1 - p_eff)``, so ``E[output] == input`` exactly.
+* ``training=False`` or ``p == 0`` returns ``input`` itself (vanilla mode in eval: ``input *
+  (1 - p_eff)``). ``p == 1`` returns exact zeros, with a zero gradient, even for inf/NaN inputs;
+  dropped positions are exactly 0 for any input. Empty tensors pass through.
+* ``seed`` (an int in ``[0, 2**64)``) fixes the mask; otherwise a 64-bit seed is drawn from
+  ``generator`` (default: torch's default CPU generator), so ``torch.manual_seed`` makes runs
+  reproducible.
+* Accepted dtypes: float16, bfloat16, float32, float64. Out-of-place results are contiguous.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _ops, rng
+from . import _validation as v
+
+__all__ = [
+    "alpha_dropout",
+    "dropout",
+    "gaussian_dropout",
+    "spatial_dropout1d",
+    "spatial_dropout2d",
+    "spatial_dropout3d",
+    "timestep_dropout",
+]
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SELU_ALPHA = 1.7580993408473766  # -SELU's negative saturation value (scale * alpha)
+
+
+def _check_input(fn: str, input: object) -> Tensor:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{fn}: `input` must be a torch.Tensor, got {type(input).__name__}.")
+    if input.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{fn}: `input` must have dtype torch.float16, torch.bfloat16, torch.float32 or "
+            f"torch.float64, got {input.dtype}."
+        )
+    return input
+
+
+def _check_common(fn, input, p, training, inplace, seed, generator) -> float:
+    _check_input(fn, input)
+    p = v.check_p(fn, p)
+    v.check_bool(fn, "training", training)
+    v.check_bool(fn, "inplace", inplace)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"{fn}: `generator` must be a torch.Generator or None, got "
+            f"{type(generator).__name__}."
+        )
+    v.check_seed(fn, seed, generator)
+    return p
+
+
+def draw_key(seed: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """The Philox key ``[seed & 0xFFFFFFFF, seed >> 32]`` as an int64 tensor of shape (2,).
+
+    Without ``seed``, both 32-bit words are drawn from ``generator`` (default: torch's default
+    CPU generator), which is the same as drawing a uniform 64-bit seed.
+    """
+    if seed is not None:
+        return torch.tensor(rng.seed_to_key(seed), dtype=torch.int64)
+    device = generator.device if generator is not None else "cpu"
+    return torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator, device=device)
+
+
+_NO_KEY = (0, 0)  # p_eff == 1 draws nothing: every element is dropped without looking
+
+
+def _run(input, key, t, noise_shape, scale, shift, fill, inplace) -> Tensor:
+    if not isinstance(key, Tensor):
+        key = torch.tensor(key, dtype=torch.int64)
+    args = (key, t, list(noise_shape), scale, shift, fill)
+    if not inplace:
+        return _ops.masked_affine(input, *args)
+    if torch.is_grad_enabled() and input.requires_grad:
+        # Autograd needs the out-of-place op; copying back keeps `inplace` semantics.
+        return input.copy_(_ops.masked_affine(input, *args))
+    _ops.masked_affine_(input, *args)
+    return input
+
+
+def _dropout_impl(fn, input, p, training, inplace, mode, noise_shape, seed, generator) -> Tensor:
+    t = rng.threshold(p)
+    if t == 0 or input.numel() == 0:
+        return input
+    if not training and mode == "inverted":
+        return input
+    if t == rng.LANE_RANGE:  # p_eff == 1: exact zeros, zero gradient, no RNG drawn
+        return _run(input, _NO_KEY, t, noise_shape, 0.0, 0.0, 0.0, inplace)
+    if not training:  # vanilla mode at eval time
+        keep = 1.0 - rng.effective_p(t)
+        return input.mul_(keep) if inplace else input * keep
+    scale = rng.inverted_scale(t) if mode == "inverted" else 1.0
+    key = draw_key(seed, generator)
+    return _run(input, key, t, noise_shape, scale, 0.0, 0.0, inplace)
+
+
+def dropout(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    mode: str = "inverted",
+    noise_shape: Sequence[int | None] | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Zero each element (or each cell of ``noise_shape``) with probability ``p``.
+
+    Args:
+        input: Tensor of any shape and a floating dtype.
+        p: Probability of dropping an element (not the keep probability), in ``[0, 1]``.
+        training: Apply dropout if ``True`` (the default, as in ``torch.nn.functional``).
+        inplace: Write the result into ``input``.
+        mode: ``"inverted"`` scales kept values by ``1 / (1 - p)`` in training and is the
+            identity in eval; ``"vanilla"`` does not scale in training and multiplies by
+            ``1 - p`` in eval (the original paper's formulation).
+        noise_shape: Keras semantics: one entry per axis of ``input``, each ``1`` (the axis
+            shares one decision), the axis' size, or ``None`` (= the axis' size).
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        generator: Draws the seed when ``seed`` is not given.
+
+    Shape:
+        - Input: ``(*)``, any shape.
+        - Output: ``(*)``, same shape as input.
+
+    Raises:
+        TypeError: ``input`` is not a floating tensor, ``p`` is not a real number, ``training``
+            or ``inplace`` is not a bool, ``noise_shape`` has non-int entries, or ``seed`` is
+            not an int.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN, an unknown ``mode``, a ``noise_shape`` of
+            the wrong length or with an entry that is neither 1 nor the axis' size, or a
+            ``seed`` outside ``[0, 2**64)``.
+
+    Example:
+        The seeds' example: ``noise_shape=(1, 1, 5)`` drops whole columns of a 1x7x5 tensor.
+
+        >>> import torch, dropkit.functional as DF
+        >>> x = torch.arange(35.).reshape(1, 7, 5)
+        >>> y = DF.dropout(x, 0.5, noise_shape=(1, 1, 5), seed=0)
+        >>> y[0, :3]
+        tensor([[ 0.,  0.,  4.,  6.,  8.],
+                [10.,  0., 14., 16., 18.],
+                [20.,  0., 24., 26., 28.]])
+        >>> bool((DF.dropout(x, 0.5, noise_shape=(1, 7, 1), seed=0) == 0).all(-1).any())
+        True
+
+    Reference:
+        Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting",
+        JMLR 2014.
+    """
+    fn = "dropout"
+    p = _check_common(fn, input, p, training, inplace, seed, generator)
+    v.check_choice(fn, "mode", mode, v.MODES)
+    shape = v.resolve_noise_shape(fn, tuple(input.shape), noise_shape)
+    return _dropout_impl(fn, input, p, training, inplace, mode, shape, seed, generator)
+
+
+def _spatial(spatial_dims: int):
+    name = f"spatial_dropout{spatial_dims}d"
+    axes = {1: "L", 2: "H, W", 3: "D, H, W"}[spatial_dims]
+
+    def spatial_dropout(
+        input: Tensor,
+        p: float = 0.5,
+        training: bool = True,
+        inplace: bool = False,
+        *,
+        data_format: str = "channels_first",
+        mode: str = "inverted",
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        p = _check_common(name, input, p, training, inplace, seed, generator)
+        v.check_choice(name, "mode", mode, v.MODES)
+        shape = v.spatial_noise_shape(name, tuple(input.shape), spatial_dims, data_format)
+        return _dropout_impl(name, input, p, training, inplace, mode, shape, seed, generator)
+
+    spatial_dropout.__name__ = spatial_dropout.__qualname__ = name
+    spatial_dropout.__doc__ = f"""Drop whole channels of a {spatial_dims}D feature map.
+
+    Every (sample, channel) pair is kept or dropped as a whole over the spatial axes ({axes}),
+    as in Tompson et al. (2015) and Keras' ``SpatialDropout{spatial_dims}D``.
+
+    Args:
+        input: Feature map, see Shape.
+        p: Probability of dropping a channel (not the keep probability), in ``[0, 1]``.
+        training: Apply dropout if ``True``.
+        inplace: Write the result into ``input``.
+        data_format: ``"channels_first"`` (PyTorch's layout) or ``"channels_last"`` (Keras'
+            layout, e.g. text as ``(samples, sequence_length, embedding_dim)``).
+        mode: ``"inverted"`` or ``"vanilla"``, as in :func:`dropout`.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        generator: Draws the seed when ``seed`` is not given.
+
+    Shape:
+        - channels_first: ``(N, C, {axes})`` batched or ``(C, {axes})`` unbatched.
+        - channels_last: ``(N, {axes}, C)`` batched or ``({axes}, C)`` unbatched.
+        - Any other rank is a ``ValueError``. Output: same shape as input.
+
+    Raises:
+        TypeError: As :func:`dropout`.
+        ValueError: As :func:`dropout`, an unknown ``data_format``, or a wrong rank.
+
+    Example:
+        >>> import torch, dropkit.functional as DF
+        >>> x = torch.ones({", ".join(["2", "3"] + ["4"] * spatial_dims)})
+        >>> y = DF.{name}(x, 0.5, seed=1)
+        >>> bool(((y == 0) | (y == 2)).all())
+        True
+    """
+    return spatial_dropout
+
+
+spatial_dropout1d = _spatial(1)
+spatial_dropout2d = _spatial(2)
+spatial_dropout3d = _spatial(3)
+
+
+def timestep_dropout(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    mode: str = "inverted",
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Drop whole timesteps: every feature of a (sample, timestep) pair shares one decision.
+
+    This is the seeds' Keras ``TimestepDropout``: noise shape ``(N, T, 1, ...)``.
+
+    Args:
+        input: Sequence batch ``(N, T, *features)``.
+        p: Probability of dropping a timestep (not the keep probability), in ``[0, 1]``.
+        training: Apply dropout if ``True``.
+        inplace: Write the result into ``input``.
+        mode: ``"inverted"`` or ``"vanilla"``, as in :func:`dropout`.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        generator: Draws the seed when ``seed`` is not given.
+
+    Shape:
+        - Input: ``(N, T, *features)`` with at least one feature axis (rank >= 3).
+        - Output: same shape as input.
+
+    Raises:
+        TypeError: As :func:`dropout`.
+        ValueError: As :func:`dropout`, or an input of rank < 3.
+
+    Example:
+        >>> import torch, dropkit.functional as DF
+        >>> y = DF.timestep_dropout(torch.ones(2, 6, 4), 0.5, seed=3)
+        >>> bool(((y == 0).all(-1) | (y == 2).all(-1)).all())
+        True
+    """
+    fn = "timestep_dropout"
+    p = _check_common(fn, input, p, training, inplace, seed, generator)
+    v.check_choice(fn, "mode", mode, v.MODES)
+    shape = v.timestep_noise_shape(fn, tuple(input.shape))
+    return _dropout_impl(fn, input, p, training, inplace, mode, shape, seed, generator)
+
+
+def gaussian_dropout(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Multiply by Gaussian noise ``N(1, p / (1 - p))`` (Srivastava et al., 2014, section 10).
+
+    The noise has the same mean and variance as inverted dropout's ``mask / (1 - p)``. It is
+    drawn from stream 1 of the Philox engine (Box-Muller in float64, ``docs/rng.md``); backward
+    regenerates it.
+
+    Args:
+        input: Tensor of any shape and a floating dtype.
+        p: Equivalent drop rate, in ``[0, 1]``; the noise's variance is ``p / (1 - p)``.
+        training: Apply the noise if ``True``; identity otherwise.
+        inplace: Write the result into ``input``.
+        seed: Fixes the noise: an int in ``[0, 2**64)``.
+        generator: Draws the seed when ``seed`` is not given.
+
+    Shape:
+        - Input: ``(*)``. Output: same shape.
+
+    Raises:
+        TypeError, ValueError: As :func:`dropout`. ``p = 1`` (infinite variance) returns zeros.
+
+    Example:
+        >>> import torch, dropkit.functional as DF
+        >>> y = DF.gaussian_dropout(torch.ones(100_000), 0.2, seed=0)
+        >>> round(y.mean().item(), 2), round(y.var().item(), 2)
+        (1.0, 0.25)
+    """
+    fn = "gaussian_dropout"
+    p = _check_common(fn, input, p, training, inplace, seed, generator)
+    if not training or p == 0.0 or input.numel() == 0:
+        return input
+    if p == 1.0:
+        return _run(input, _NO_KEY, rng.LANE_RANGE, input.shape, 0.0, 0.0, 0.0, inplace)
+    out = _ops.gaussian_mul(input, draw_key(seed, generator), math.sqrt(p / (1.0 - p)))
+    return input.copy_(out) if inplace else out
+
+
+def alpha_dropout(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    noise_shape: Sequence[int | None] | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Alpha dropout for self-normalizing networks (SELU), keeping mean 0 and variance 1.
+
+    Dropped elements are set to SELU's negative saturation value ``-1.7581`` and the result
+    is mapped by the affine ``a * y + b`` that restores zero mean and unit variance (Klambauer
+    et al., 2017), as ``torch.nn.AlphaDropout`` does. The mask is the same Bernoulli field as
+    :func:`dropout` with the same seed; ``noise_shape`` (as in :func:`dropout`) gives feature
+    alpha dropout.
+
+    Args:
+        input: Tensor of any shape and a floating dtype.
+        p: Probability of dropping an element, in ``[0, 1]``.
+        training: Apply alpha dropout if ``True``; identity otherwise.
+        inplace: Write the result into ``input``.
+        noise_shape: Keras-style shared axes, as in :func:`dropout`.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        generator: Draws the seed when ``seed`` is not given.
+
+    Shape:
+        - Input: ``(*)``. Output: same shape.
+
+    Raises:
+        TypeError, ValueError: As :func:`dropout`. ``p = 1`` returns zeros.
+
+    Example:
+        >>> import torch, dropkit.functional as DF
+        >>> y = DF.alpha_dropout(torch.randn(200_000, generator=torch.Generator().manual_seed(0)),
+        ...                      0.2, seed=0)
+        >>> round(y.mean().item(), 1), round(y.std().item(), 1)
+        (0.0, 1.0)
+    """
+    fn = "alpha_dropout"
+    p = _check_common(fn, input, p, training, inplace, seed, generator)
+    shape = v.resolve_noise_shape(fn, tuple(input.shape), noise_shape)
+    t = rng.threshold(p)
+    if not training or t == 0 or input.numel() == 0:
+        return input
+    if t == rng.LANE_RANGE:
+        return _run(input, _NO_KEY, t, shape, 0.0, 0.0, 0.0, inplace)
+    q = rng.effective_p(t)
+    a = 1.0 / math.sqrt((_SELU_ALPHA**2 * q + 1.0) * (1.0 - q))
+    shift = _SELU_ALPHA * a * q
+    fill = -_SELU_ALPHA * a + shift
+    return _run(input, draw_key(seed, generator), t, shape, a, shift, fill, inplace)

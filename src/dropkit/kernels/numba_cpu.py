@@ -1,0 +1,283 @@
+"""Fused CPU kernels written with numba: Philox4x32-10 generated and applied in one parallel pass.
+
+The work is split into fixed chunks of Philox blocks (never into "one chunk per thread"), and
+every element's decision depends only on ``(key, field index)``, so the result does not depend on
+the number of threads. numba follows ``torch.get_num_threads()`` (capped by numba's own limit).
+
+float32 and float64 run fully fused: a full-shape noise field (plain dropout and its backward)
+generates and applies the mask in one pass; a broadcast field (spatial, timestep, noise_shape) is
+drawn once (it is small) and applied in one pass. float16 and bfloat16 draw the keep field here
+and apply it with ``torch_ref``'s ``torch.where`` expression, so both backends share that
+arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+import torch
+
+from .. import rng
+from . import torch_ref
+
+__all__ = ["apply", "keep_field", "normal_field"]
+
+_M0 = np.uint64(rng.PHILOX_M0)
+_M1 = np.uint64(rng.PHILOX_M1)
+_W0 = np.uint32(rng.PHILOX_W0)
+_W1 = np.uint32(rng.PHILOX_W1)
+_S32 = np.uint64(32)
+_TILE = 1024  # Philox blocks generated per buffer fill (8192 decisions)
+_ITEM = 16 * _TILE  # blocks per parallel work item: fixed, never "one per thread"
+
+
+@nb.njit(inline="always", cache=True)
+def _philox(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 on uint32 scalars; written branch-free so LLVM vectorizes the tile loop."""
+    for r in range(10):
+        if r:
+            k0 = np.uint32(k0 + _W0)
+            k1 = np.uint32(k1 + _W1)
+        p0 = np.uint64(c0) * _M0
+        p1 = np.uint64(c2) * _M1
+        c0, c1, c2, c3 = (
+            np.uint32(p1 >> _S32) ^ c1 ^ k0,
+            np.uint32(p1),
+            np.uint32(p0 >> _S32) ^ c3 ^ k1,
+            np.uint32(p0),
+        )
+    return c0, c1, c2, c3
+
+
+@nb.njit(cache=True)
+def _fill_tile(words, first_block, n_blocks, stream, k0, k1):
+    """Philox words of blocks ``first_block ...`` into ``words`` (uint32, 4 per block)."""
+    zero = np.uint32(0)
+    for k in range(n_blocks):
+        b = np.uint64(first_block + k)
+        r0, r1, r2, r3 = _philox(np.uint32(b), np.uint32(b >> _S32), stream, zero, k0, k1)
+        words[4 * k] = r0
+        words[4 * k + 1] = r1
+        words[4 * k + 2] = r2
+        words[4 * k + 3] = r3
+
+
+# Each parallel work item covers a fixed range of blocks; inside it, tiles of _TILE blocks are
+# generated into a small buffer and applied. The slices (xs, os_) matter: indexing through them
+# lets LLVM vectorize the apply loop, which indexing x[i0 + j] does not.
+
+
+@nb.njit(cache=True)
+def _fused_range(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplace):
+    n = x.size
+    words = np.empty(_TILE * 4, dtype=np.uint32)
+    lanes = words.view(np.uint16)  # little-endian: lane 2k is the low half of word k
+    for c in range((b_stop - b_start + _TILE - 1) // _TILE):
+        first = b_start + c * _TILE
+        _fill_tile(words, first, min(_TILE, b_stop - first), np.uint32(0), k0, k1)
+        i0 = first * 8
+        m = min(_TILE * 8, n - i0)
+        os_ = out[i0:i0 + m]
+        # In place, read a private copy of the tile: aliased slices defeat vectorization.
+        xs = x[i0:i0 + m].copy() if inplace else x[i0:i0 + m]
+        if shift != 0:
+            for j in range(m):
+                os_[j] = (xs[j] * scale + shift) if lanes[j] >= tt else fill
+        else:
+            for j in range(m):
+                os_[j] = xs[j] * scale if lanes[j] >= tt else fill
+
+
+@nb.njit(parallel=True, cache=True)
+def _fused(x, out, k0, k1, t, scale, shift, fill):
+    """out[i] = (x[i] * scale [+ shift]) if u_i >= t else fill; flat contiguous float32/64."""
+    n_blocks = (x.size + 7) // 8
+    tt = np.uint16(t)
+    inplace = x.ctypes.data == out.ctypes.data
+    for c in nb.prange((n_blocks + _ITEM - 1) // _ITEM):
+        start = np.int64(c) * _ITEM  # prange indices are unsigned; keep block math in int64
+        stop = min(start + _ITEM, n_blocks)
+        _fused_range(x, out, start, stop, k0, k1, tt, scale, shift, fill, inplace)
+
+
+@nb.njit(cache=True)
+def _keep_range(out, b_start, b_stop, k0, k1, tt):
+    n = out.size
+    words = np.empty(_TILE * 4, dtype=np.uint32)
+    lanes = words.view(np.uint16)
+    for c in range((b_stop - b_start + _TILE - 1) // _TILE):
+        first = b_start + c * _TILE
+        _fill_tile(words, first, min(_TILE, b_stop - first), np.uint32(0), k0, k1)
+        i0 = first * 8
+        m = min(_TILE * 8, n - i0)
+        os_ = out[i0:i0 + m]
+        for j in range(m):
+            os_[j] = lanes[j] >= tt
+
+
+@nb.njit(parallel=True, cache=True)
+def _keep(out, k0, k1, t):
+    """out[i] = u_i >= t, for a flat field (uint8)."""
+    n_blocks = (out.size + 7) // 8
+    tt = np.uint16(t)
+    for c in nb.prange((n_blocks + _ITEM - 1) // _ITEM):
+        start = np.int64(c) * _ITEM
+        _keep_range(out, start, min(start + _ITEM, n_blocks), k0, k1, tt)
+
+
+@nb.njit(cache=True)
+def _row_base(row, sizes, field_strides):
+    """Field offset of the first element of ``row`` (all axes but the last)."""
+    base = 0
+    rest = row
+    for d in range(sizes.size - 2, -1, -1):
+        base += (rest % sizes[d]) * field_strides[d]
+        rest //= sizes[d]
+    return base
+
+
+@nb.njit(parallel=True, cache=True)
+def _broadcast(x, out, keep, sizes, field_strides, scale, shift, fill):
+    """Apply a keep field broadcast over x: both flattened, x viewed with shape ``sizes``.
+
+    ``field_strides[d]`` is the field's stride of axis d (0 where the field is broadcast). Rows
+    are the last axis; each row finds its field offset once, and a row that shares one decision
+    (spatial dropout) is a plain scaled copy or a fill.
+    """
+    row_len = sizes[-1]
+    shared = field_strides[-1] == 0
+    n_rows = x.size // row_len
+    has_shift = shift != 0
+    for r in nb.prange(n_rows):
+        row = np.int64(r)  # prange indices are unsigned; mixing them with int64 gives floats
+        base = _row_base(row, sizes, field_strides)
+        i0 = row * row_len
+        if shared and not keep[base]:
+            for j in range(row_len):
+                out[i0 + j] = fill
+        elif shared and has_shift:
+            for j in range(row_len):
+                out[i0 + j] = x[i0 + j] * scale + shift
+        elif shared:
+            for j in range(row_len):
+                out[i0 + j] = x[i0 + j] * scale
+        elif has_shift:
+            for j in range(row_len):
+                out[i0 + j] = (x[i0 + j] * scale + shift) if keep[base + j] else fill
+        else:
+            for j in range(row_len):
+                out[i0 + j] = x[i0 + j] * scale if keep[base + j] else fill
+
+
+@nb.njit(parallel=True, cache=True)
+def _normal(out, k0, k1):
+    """Box-Muller standard normals of stream 1 (see ``dropkit.rng.normal_field``)."""
+    n = out.size
+    n_blocks = (n + 3) // 4
+    two_pi = 2.0 * np.pi
+    for c in nb.prange((n_blocks + _TILE - 1) // _TILE):
+        words = np.empty(_TILE * 4, dtype=np.uint32)
+        first = np.int64(c) * _TILE
+        _fill_tile(words, first, min(_TILE, n_blocks - first), np.uint32(1), k0, k1)
+        i0 = first * 4
+        for j in range(0, min(_TILE * 4, n - i0), 2):
+            u1 = (np.float64(words[j]) + 1.0) * 2.0**-32
+            u2 = np.float64(words[j + 1]) * 2.0**-32
+            radius = np.sqrt(-2.0 * np.log(u1))
+            angle = two_pi * u2
+            out[i0 + j] = radius * np.cos(angle)
+            if i0 + j + 1 < n:
+                out[i0 + j + 1] = radius * np.sin(angle)
+
+
+def _sync_threads() -> None:
+    nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
+
+
+def _key32(key: tuple[int, int]) -> tuple[np.uint32, np.uint32]:
+    return np.uint32(key[0]), np.uint32(key[1])
+
+
+def keep_field(key: tuple[int, int], t: int, count: int, device=None) -> torch.Tensor:
+    """Boolean keep decisions of field elements ``0 ... count - 1`` (a CPU tensor; ``device``
+    is accepted for signature parity with ``torch_ref`` and ignored)."""
+    _sync_threads()
+    out = np.empty(count, dtype=np.uint8)
+    if count:
+        _keep(out, *_key32(key), t)
+    return torch.from_numpy(out).view(torch.bool)
+
+
+def normal_field(key: tuple[int, int], count: int, device=None) -> torch.Tensor:
+    """Standard normal float64 noise of field elements ``0 ... count - 1`` (a CPU tensor)."""
+    _sync_threads()
+    out = np.empty(count, dtype=np.float64)
+    if count:
+        _normal(out, *_key32(key))
+    return torch.from_numpy(out)
+
+
+_FUSED_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _collapse(shape, noise_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Merge neighbouring axes that are both full or both broadcast; return sizes and the
+    field's stride of each merged axis (0 when broadcast)."""
+    groups: list[list[int]] = []  # [size, full]
+    for size, noise in zip(shape, noise_shape, strict=True):
+        if size == 1:
+            continue
+        full = int(noise == size)
+        if groups and groups[-1][1] == full:
+            groups[-1][0] *= size
+        else:
+            groups.append([size, full])
+    if not groups:
+        groups = [[1, 1]]
+    sizes = np.array([g[0] for g in groups], dtype=np.int64)
+    strides = np.zeros(len(groups), dtype=np.int64)
+    step = 1
+    for d in range(len(groups) - 1, -1, -1):
+        if groups[d][1]:
+            strides[d] = step
+            step *= groups[d][0]
+    return sizes, strides
+
+
+def apply(
+    x: torch.Tensor,
+    key: tuple[int, int],
+    t: int,
+    noise_shape: tuple[int, ...],
+    scale: float,
+    shift: float,
+    fill: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``where(keep, x * scale + shift, fill)`` with the keep field broadcast from ``noise_shape``.
+
+    Same contract and bits as :func:`dropkit.kernels.torch_ref.apply`; ``out`` (contiguous) may
+    alias ``x`` for in-place use. float32/float64 run fused here; float16/bfloat16 draw the keep
+    field here and share ``torch_ref``'s arithmetic.
+    """
+    np_dtype = _FUSED_DTYPES.get(x.dtype)
+    field_size = math.prod(noise_shape)
+    if np_dtype is None:
+        keep = keep_field(key, t, field_size)
+        return torch_ref.apply_keep(x, keep.reshape(noise_shape), scale, shift, fill, out=out)
+    _sync_threads()
+    src = x.contiguous()
+    if out is None:
+        out = torch.empty_like(src, memory_format=torch.contiguous_format)
+    if src.numel() == 0:
+        return out
+    xs, os_ = src.detach().reshape(-1).numpy(), out.detach().reshape(-1).numpy()
+    consts = (np_dtype(scale), np_dtype(shift), np_dtype(fill))
+    if tuple(noise_shape) == tuple(x.shape):
+        _fused(xs, os_, *_key32(key), t, *consts)
+    else:
+        keep = keep_field(key, t, field_size).numpy().view(np.uint8)
+        _broadcast(xs, os_, keep, *_collapse(tuple(x.shape), tuple(noise_shape)), *consts)
+    return out

@@ -1,0 +1,22 @@
+"""Modules of the dropout family: each stores its settings, validates them at construction with
+the same checks as :mod:`dropkit.functional`, and calls one function in ``forward``."""
+
+from .dropout import (
+    AlphaDropout,
+    Dropout,
+    GaussianDropout,
+    SpatialDropout1d,
+    SpatialDropout2d,
+    SpatialDropout3d,
+    TimestepDropout,
+)
+
+__all__ = [
+    "AlphaDropout",
+    "Dropout",
+    "GaussianDropout",
+    "SpatialDropout1d",
+    "SpatialDropout2d",
+    "SpatialDropout3d",
+    "TimestepDropout",
+]

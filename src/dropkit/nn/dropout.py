@@ -1,0 +1,205 @@
+"""``torch.nn``-style modules for dropout, spatial, timestep, Gaussian and alpha dropout.
+
+Each module registers no parameters or buffers (its ``state_dict`` is empty, as for
+``torch.nn.Dropout``), follows ``train()``/``eval()``, and accepts ``seed=``/``generator=`` in
+``forward`` to fix or draw its mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import _validation as v
+from .. import functional as F
+
+
+class _DropoutNd(nn.Module):
+    """Shared settings: ``p`` and ``inplace``, checked at construction."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.p = v.check_p(name, p)
+        self.inplace = v.check_bool(name, "inplace", inplace)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class _ModeDropout(_DropoutNd):
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, mode: str = "inverted") -> None:
+        super().__init__(p, inplace)
+        self.mode = v.check_choice(type(self).__name__, "mode", mode, v.MODES)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mode={self.mode!r}"
+
+
+class Dropout(_ModeDropout):
+    """Zero each element (or each ``noise_shape`` cell) with probability ``p``.
+
+    See :func:`dropkit.functional.dropout` for the arguments, ``mode`` and ``noise_shape``
+    semantics. ``noise_shape`` may use ``None`` for axes whose size varies (the batch).
+
+    Shape:
+        - Input: ``(*)``. Output: same shape.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``inplace``, ``mode`` or
+            ``noise_shape``; in ``forward`` when ``noise_shape`` does not fit the input.
+
+    Example:
+        >>> import torch, dropkit
+        >>> m = dropkit.nn.Dropout(0.2, noise_shape=(None, 1, None))
+        >>> m
+        Dropout(p=0.2, inplace=False, mode='inverted', noise_shape=(None, 1, None))
+        >>> m(torch.ones(4, 7, 5), seed=0).shape
+        torch.Size([4, 7, 5])
+        >>> m.eval()(torch.ones(2)).tolist()
+        [1.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        mode: str = "inverted",
+        noise_shape: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__(p, inplace, mode=mode)
+        self.noise_shape = v.check_noise_shape(type(self).__name__, noise_shape)
+
+    def forward(
+        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return F.dropout(input, self.p, self.training, self.inplace, mode=self.mode,
+                         noise_shape=self.noise_shape, seed=seed, generator=generator)
+
+    def extra_repr(self) -> str:
+        extra = "" if self.noise_shape is None else f", noise_shape={self.noise_shape}"
+        return super().extra_repr() + extra
+
+
+class _SpatialDropout(_ModeDropout):
+    _function = staticmethod(F.spatial_dropout2d)
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        data_format: str = "channels_first",
+        mode: str = "inverted",
+    ) -> None:
+        super().__init__(p, inplace, mode=mode)
+        self.data_format = v.check_choice(
+            type(self).__name__, "data_format", data_format, v.DATA_FORMATS
+        )
+
+    def forward(
+        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return self._function(input, self.p, self.training, self.inplace,
+                              data_format=self.data_format, mode=self.mode, seed=seed,
+                              generator=generator)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, data_format={self.data_format!r}"
+
+
+class SpatialDropout1d(_SpatialDropout):
+    """Drop whole channels of a sequence: ``(N, C, L)`` or, with ``data_format="channels_last"``,
+    ``(N, L, C)`` as text arrives (samples, sequence_length, embedding_dim); unbatched inputs
+    drop the batch axis. See :func:`dropkit.functional.spatial_dropout1d`.
+
+    Example:
+        >>> import torch, dropkit
+        >>> m = dropkit.nn.SpatialDropout1d(0.5, data_format="channels_last")
+        >>> y = m(torch.ones(1, 7, 5), seed=0)
+        >>> bool(((y == 0).all(1) | (y == 2).all(1)).all())  # whole embedding dims dropped
+        True
+    """
+
+    _function = staticmethod(F.spatial_dropout1d)
+
+
+class SpatialDropout2d(_SpatialDropout):
+    """Drop whole channels of an image batch ``(N, C, H, W)`` (or ``(N, H, W, C)`` with
+    ``data_format="channels_last"``; unbatched ``(C, H, W)``). See
+    :func:`dropkit.functional.spatial_dropout2d`.
+
+    Example:
+        >>> import torch, dropkit
+        >>> dropkit.nn.SpatialDropout2d(0.1)
+        SpatialDropout2d(p=0.1, inplace=False, mode='inverted', data_format='channels_first')
+    """
+
+    _function = staticmethod(F.spatial_dropout2d)
+
+
+class SpatialDropout3d(_SpatialDropout):
+    """Drop whole channels of a volume batch ``(N, C, D, H, W)`` (or ``(N, D, H, W, C)``;
+    unbatched ``(C, D, H, W)``). See :func:`dropkit.functional.spatial_dropout3d`.
+
+    Example:
+        >>> import torch, dropkit
+        >>> dropkit.nn.SpatialDropout3d(0.1)(torch.ones(1, 2, 3, 3, 3), seed=0).shape
+        torch.Size([1, 2, 3, 3, 3])
+    """
+
+    _function = staticmethod(F.spatial_dropout3d)
+
+
+class TimestepDropout(_ModeDropout):
+    """Drop whole timesteps of ``(N, T, *features)``; see
+    :func:`dropkit.functional.timestep_dropout`.
+
+    Example:
+        >>> import torch, dropkit
+        >>> y = dropkit.nn.TimestepDropout(0.5)(torch.ones(1, 7, 5), seed=0)
+        >>> bool(((y == 0).all(-1) | (y == 2).all(-1)).all())  # whole rows dropped
+        True
+    """
+
+    def forward(
+        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return F.timestep_dropout(input, self.p, self.training, self.inplace, mode=self.mode,
+                                  seed=seed, generator=generator)
+
+
+class GaussianDropout(_DropoutNd):
+    """Multiplicative Gaussian noise ``N(1, p / (1 - p))``; see
+    :func:`dropkit.functional.gaussian_dropout`.
+
+    Example:
+        >>> import torch, dropkit
+        >>> dropkit.nn.GaussianDropout(0.1).eval()(torch.ones(3)).tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    def forward(
+        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return F.gaussian_dropout(input, self.p, self.training, self.inplace, seed=seed,
+                                  generator=generator)
+
+
+class AlphaDropout(_DropoutNd):
+    """Alpha dropout for SELU networks; see :func:`dropkit.functional.alpha_dropout`.
+
+    Example:
+        >>> import torch, dropkit
+        >>> dropkit.nn.AlphaDropout(0.1)
+        AlphaDropout(p=0.1, inplace=False)
+    """
+
+    def forward(
+        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return F.alpha_dropout(input, self.p, self.training, self.inplace, seed=seed,
+                               generator=generator)

@@ -1,0 +1,212 @@
+"""The dropout family for NumPy arrays: the reference implementation and the tests' oracle.
+
+Same functions, arguments and masks as :mod:`dropkit.functional` (``rng=`` a
+``numpy.random.Generator`` replaces ``generator=``), computed directly from the spec in
+:mod:`dropkit.rng`. Given the same ``seed``, ``dropkit.numpy.dropout(x.numpy(), ...)`` equals
+``dropkit.functional.dropout(x, ...)`` bit for bit.
+
+Arithmetic matches the torch backends: kept values are ``x * scale`` computed in float32 for
+float16/float32 inputs and in float64 for float64 inputs; dropped values are exactly 0.
+
+Example:
+    The seeds' two-layer MLP with inverted dropout, reproducible from one seed:
+
+    >>> import numpy as np, dropkit.numpy as dnp
+    >>> rng = np.random.default_rng(0)
+    >>> x, w1, w2 = rng.normal(size=(4, 8)), rng.normal(size=(8, 16)), rng.normal(size=(16, 2))
+    >>> h = dnp.dropout(np.maximum(0, x @ w1), 0.5, seed=1)   # training: scaled by 2
+    >>> out_train = h @ w2
+    >>> h_eval = dnp.dropout(np.maximum(0, x @ w1), 0.5, training=False)  # identity
+    >>> bool(np.array_equal(h_eval, np.maximum(0, x @ w1)))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _validation as v
+from . import rng as _rng
+
+__all__ = [
+    "alpha_dropout",
+    "dropout",
+    "gaussian_dropout",
+    "spatial_dropout1d",
+    "spatial_dropout2d",
+    "spatial_dropout3d",
+    "timestep_dropout",
+]
+
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+_SELU_ALPHA = 1.7580993408473766
+
+
+def _check(fn, x, p, training, seed, rng) -> tuple[np.ndarray, float]:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{fn}: `x` must be a numpy.ndarray, got {type(x).__name__}.")
+    if x.dtype.type not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{fn}: `x` must have dtype float16, float32 or float64, got {x.dtype}."
+        )
+    p = v.check_p(fn, p)
+    v.check_bool(fn, "training", training)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"{fn}: `rng` must be a numpy.random.Generator or None, got {type(rng).__name__}."
+        )
+    v.check_seed(fn, seed, rng)
+    return x, p
+
+
+def _seed(seed: int | None, rng: np.random.Generator | None) -> int:
+    if seed is not None:
+        return int(seed)
+    rng = rng if rng is not None else np.random.default_rng()
+    return int(rng.integers(0, 2**64, dtype=np.uint64))
+
+
+def _compute_dtype(x: np.ndarray):
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
+def _masked_affine(x, keep, scale, shift=0.0, fill=0.0) -> np.ndarray:
+    """``where(keep, x * scale + shift, fill)`` with the torch backends' rounding."""
+    ct = _compute_dtype(x)
+    kept = (x.astype(ct) * ct(scale)).astype(x.dtype)
+    if shift != 0.0:
+        kept = (kept.astype(ct) + ct(shift)).astype(x.dtype)
+    return np.where(keep, kept, x.dtype.type(fill))
+
+
+def _dropout_impl(x, p, training, mode, noise_shape, seed, rng) -> np.ndarray:
+    t = _rng.threshold(p)
+    if t == 0 or x.size == 0 or (not training and mode == "inverted"):
+        return x
+    if t == _rng.LANE_RANGE:
+        return np.zeros_like(x)
+    if not training:
+        return (x.astype(_compute_dtype(x)) * (1.0 - _rng.effective_p(t))).astype(x.dtype)
+    keep = _rng.keep_field(noise_shape, p, _seed(seed, rng))
+    scale = _rng.inverted_scale(t) if mode == "inverted" else 1.0
+    return _masked_affine(x, keep, scale)
+
+
+def dropout(
+    x: np.ndarray,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    mode: str = "inverted",
+    noise_shape: Sequence[int | None] | None = None,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """NumPy twin of :func:`dropkit.functional.dropout` (same mask for the same ``seed``).
+
+    Example:
+        >>> import numpy as np, dropkit.numpy as dnp
+        >>> dnp.dropout(np.arange(35.).reshape(1, 7, 5), 0.5, noise_shape=(1, 1, 5), seed=0)[0, 0]
+        array([0., 0., 4., 6., 8.])
+    """
+    fn = "dropout"
+    x, p = _check(fn, x, p, training, seed, rng)
+    v.check_choice(fn, "mode", mode, v.MODES)
+    shape = v.resolve_noise_shape(fn, x.shape, noise_shape)
+    return _dropout_impl(x, p, training, mode, shape, seed, rng)
+
+
+def _spatial(spatial_dims: int):
+    name = f"spatial_dropout{spatial_dims}d"
+
+    def spatial_dropout(
+        x: np.ndarray,
+        p: float = 0.5,
+        training: bool = True,
+        *,
+        data_format: str = "channels_first",
+        mode: str = "inverted",
+        seed: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        x, p = _check(name, x, p, training, seed, rng)
+        v.check_choice(name, "mode", mode, v.MODES)
+        shape = v.spatial_noise_shape(name, x.shape, spatial_dims, data_format)
+        return _dropout_impl(x, p, training, mode, shape, seed, rng)
+
+    spatial_dropout.__name__ = spatial_dropout.__qualname__ = name
+    spatial_dropout.__doc__ = (
+        f"NumPy twin of :func:`dropkit.functional.{name}` (same mask for the same ``seed``)."
+    )
+    return spatial_dropout
+
+
+spatial_dropout1d = _spatial(1)
+spatial_dropout2d = _spatial(2)
+spatial_dropout3d = _spatial(3)
+
+
+def timestep_dropout(
+    x: np.ndarray,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    mode: str = "inverted",
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """NumPy twin of :func:`dropkit.functional.timestep_dropout`."""
+    fn = "timestep_dropout"
+    x, p = _check(fn, x, p, training, seed, rng)
+    v.check_choice(fn, "mode", mode, v.MODES)
+    shape = v.timestep_noise_shape(fn, x.shape)
+    return _dropout_impl(x, p, training, mode, shape, seed, rng)
+
+
+def gaussian_dropout(
+    x: np.ndarray,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """NumPy twin of :func:`dropkit.functional.gaussian_dropout` (noise from stream 1)."""
+    fn = "gaussian_dropout"
+    x, p = _check(fn, x, p, training, seed, rng)
+    if not training or p == 0.0 or x.size == 0:
+        return x
+    if p == 1.0:
+        return np.zeros_like(x)
+    z = _rng.normal_field(x.shape, _seed(seed, rng))
+    noise = (1.0 + math.sqrt(p / (1.0 - p)) * z).astype(x.dtype)
+    ct = _compute_dtype(x)
+    return (x.astype(ct) * noise.astype(ct)).astype(x.dtype)
+
+
+def alpha_dropout(
+    x: np.ndarray,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    noise_shape: Sequence[int | None] | None = None,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """NumPy twin of :func:`dropkit.functional.alpha_dropout`."""
+    fn = "alpha_dropout"
+    x, p = _check(fn, x, p, training, seed, rng)
+    shape = v.resolve_noise_shape(fn, x.shape, noise_shape)
+    t = _rng.threshold(p)
+    if not training or t == 0 or x.size == 0:
+        return x
+    if t == _rng.LANE_RANGE:
+        return np.zeros_like(x)
+    q = _rng.effective_p(t)
+    a = 1.0 / math.sqrt((_SELU_ALPHA**2 * q + 1.0) * (1.0 - q))
+    shift = _SELU_ALPHA * a * q
+    keep = _rng.keep_field(shape, p, _seed(seed, rng))
+    return _masked_affine(x, keep, a, shift, -_SELU_ALPHA * a + shift)
