@@ -8,7 +8,6 @@ function or class, names the argument, says what was expected and shows what was
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
@@ -28,7 +27,7 @@ def check_p(fn: str, p: object) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"{fn}: `p` must be a real number in [0, 1], got {_received(p)}.")
     value = float(p)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
+    if not 0.0 <= value <= 1.0:  # also rejects NaN, and traces under torch.compile
         raise ValueError(f"{fn}: `p` must be in [0, 1], got {p!r}.")
     return value
 
