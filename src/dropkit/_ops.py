@@ -6,8 +6,9 @@ see one opaque, well-described operation per call instead of Python control flow
   ``x``. Plain, spatial, timestep and alpha dropout are all this op. Its backward is the same op
   applied to the gradient with ``shift = fill = 0``: autograd saves only the 2-word ``key``.
 * ``dropkit::masked_affine_`` is the in-place twin (used when no gradient is needed).
-* ``dropkit::gaussian_mul(x, key, std)`` computes ``x * (1 + std * z)``, z standard normal;
-  its backward is the same op on the gradient.
+* ``dropkit::gaussian_mul(x, key, std)`` computes ``x * (1 + std * z)``, z standard normal, in the
+  compute dtype (float32, or float64 for float64 inputs); its backward is the same op on the
+  gradient.
 
 The output of the out-of-place ops is always contiguous.
 """
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from . import kernels, rng
+from .kernels import torch_ref
 
 
 def _key(key: Tensor) -> tuple[int, int]:
@@ -91,9 +93,9 @@ def _(x, key, threshold, noise_shape, scale, shift, fill):
 @torch.library.custom_op("dropkit::gaussian_mul", mutates_args=())
 def gaussian_mul(x: Tensor, key: Tensor, std: float) -> Tensor:
     backend = kernels.for_device(x.device)
-    z = backend.normal_field(_key(key), x.numel(), device=x.device)
-    noise = (1.0 + std * z).to(x.dtype).reshape(x.shape)
-    return (x * noise).contiguous()
+    z = backend.normal_field(_key(key), x.numel(), device=x.device).reshape(x.shape)
+    ct = torch_ref.compute_dtype(x.dtype)
+    return (x.to(ct) * (1.0 + std * z).to(ct)).to(x.dtype).contiguous()
 
 
 @gaussian_mul.register_fake

@@ -45,12 +45,14 @@ def check_choice(fn: str, name: str, value: object, choices: Sequence[str]) -> s
     return value
 
 
-def check_seed(fn: str, seed: object, generator: object = None) -> None:
-    """A seed is an int in [0, 2**64); giving both ``seed`` and ``generator`` is an error."""
+def check_seed(
+    fn: str, seed: object, generator: object = None, generator_name: str = "generator"
+) -> None:
+    """A seed is an int in [0, 2**64); giving both ``seed`` and a generator is an error."""
     if seed is None:
         return
     if generator is not None:
-        raise ValueError(f"{fn}: pass either `seed` or `generator`, not both.")
+        raise ValueError(f"{fn}: pass either `seed` or `{generator_name}`, not both.")
     try:
         rng.seed_to_key(seed)  # type: ignore[arg-type]
     except (TypeError, ValueError) as err:
@@ -119,7 +121,8 @@ def spatial_noise_shape(
     check_choice(fn, "data_format", data_format, DATA_FORMATS)
     axes = _SPATIAL_AXES[spatial_dims]
     batched, unbatched = spatial_dims + 2, spatial_dims + 1
-    if len(shape) not in (batched, unbatched):
+    rank = len(shape)
+    if rank != batched and rank != unbatched:  # not `in`: spatial_dims may be symbolic
         if data_format == "channels_first":
             layouts = f"(N, C, {axes}) or an unbatched {unbatched}D input (C, {axes})"
         else:

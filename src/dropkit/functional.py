@@ -362,8 +362,8 @@ def alpha_dropout(
         >>> import torch, dropkit.functional as DF
         >>> y = DF.alpha_dropout(torch.randn(200_000, generator=torch.Generator().manual_seed(0)),
         ...                      0.2, seed=0)
-        >>> round(y.mean().item(), 1), round(y.std().item(), 1)
-        (0.0, 1.0)
+        >>> abs(y.mean().item()) < 0.01, abs(y.std().item() - 1) < 0.01
+        (True, True)
     """
     fn = "alpha_dropout"
     p = _check_common(fn, input, p, training, inplace, seed, generator)

@@ -58,7 +58,7 @@ def _check(fn, x, p, training, seed, rng) -> tuple[np.ndarray, float]:
         raise TypeError(
             f"{fn}: `rng` must be a numpy.random.Generator or None, got {type(rng).__name__}."
         )
-    v.check_seed(fn, seed, rng)
+    v.check_seed(fn, seed, rng, generator_name="rng")
     return x, p
 
 
@@ -76,9 +76,9 @@ def _compute_dtype(x: np.ndarray):
 def _masked_affine(x, keep, scale, shift=0.0, fill=0.0) -> np.ndarray:
     """``where(keep, x * scale + shift, fill)`` with the torch backends' rounding."""
     ct = _compute_dtype(x)
-    kept = (x.astype(ct) * ct(scale)).astype(x.dtype)
+    kept = np.asarray(x.astype(ct) * ct(scale)).astype(x.dtype)
     if shift != 0.0:
-        kept = (kept.astype(ct) + ct(shift)).astype(x.dtype)
+        kept = np.asarray(kept.astype(ct) + ct(shift)).astype(x.dtype)
     return np.where(keep, kept, x.dtype.type(fill))
 
 
@@ -89,7 +89,7 @@ def _dropout_impl(x, p, training, mode, noise_shape, seed, rng) -> np.ndarray:
     if t == _rng.LANE_RANGE:
         return np.zeros_like(x)
     if not training:
-        return (x.astype(_compute_dtype(x)) * (1.0 - _rng.effective_p(t))).astype(x.dtype)
+        return np.asarray(x.astype(_compute_dtype(x)) * (1.0 - _rng.effective_p(t))).astype(x.dtype)
     keep = _rng.keep_field(noise_shape, p, _seed(seed, rng))
     scale = _rng.inverted_scale(t) if mode == "inverted" else 1.0
     return _masked_affine(x, keep, scale)
@@ -182,9 +182,9 @@ def gaussian_dropout(
     if p == 1.0:
         return np.zeros_like(x)
     z = _rng.normal_field(x.shape, _seed(seed, rng))
-    noise = (1.0 + math.sqrt(p / (1.0 - p)) * z).astype(x.dtype)
     ct = _compute_dtype(x)
-    return (x.astype(ct) * noise.astype(ct)).astype(x.dtype)
+    noise = (1.0 + math.sqrt(p / (1.0 - p)) * z).astype(ct)
+    return np.asarray(x.astype(ct) * noise).astype(x.dtype)
 
 
 def alpha_dropout(

@@ -14,7 +14,8 @@ Summary of the spec (details in ``docs/rng.md``):
   low half for even ``j``, high half for odd ``j``. It is kept iff ``u_i >= t``,
   ``t = floor(p * 65536 + 0.5)``.
 * Gaussian noise (stream 1): element ``i`` uses the block with counter
-  ``(n & 0xFFFFFFFF, n >> 32, 1, 0)``, ``n = i // 4``, and a Box-Muller transform of a word pair.
+  ``(n & 0xFFFFFFFF, n >> 32, 1, 0)``, ``n = i // 4``, and a Box-Muller transform of a word pair
+  written with basic IEEE operations only, so every backend gets the same bits.
 
 Example:
     >>> philox4x32(0, 0, 0, 0, 0, 0)  # Random123's first known-answer vector
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,6 +43,8 @@ __all__ = [
     "PHILOX_W1",
     "STREAM_BERNOULLI",
     "STREAM_NORMAL",
+    "ArrayOps",
+    "box_muller",
     "effective_p",
     "inverted_scale",
     "keep_field",
@@ -92,7 +97,7 @@ def threshold(p: float) -> int:
     >>> threshold(0.1), threshold(0.5), threshold(1.0)
     (6554, 32768, 65536)
     """
-    return int(math.floor(float(p) * LANE_RANGE + 0.5))
+    return math.floor(float(p) * LANE_RANGE + 0.5)
 
 
 def effective_p(t: int) -> float:
@@ -163,20 +168,99 @@ def keep_field(shape: tuple[int, ...], p: float, seed: int) -> np.ndarray:
     return (uniform16(seed, 0, count) >= threshold(p)).reshape(shape)
 
 
+# Box-Muller from basic IEEE operations only (+, -, *, /, comparisons, frexp, floor), evaluated in
+# the same order everywhere, so that NumPy and PyTorch (any device) give the same bits. Library
+# log/sin/cos/sqrt are not used: they differ in the last bit between NumPy, numba and torch.
+_SQRT_HALF = 0.7071067811865476
+_LN2 = 0.6931471805599453
+_HALF_PI = 1.5707963267948966
+_LOG_COEF = tuple(2.0 / (2 * k + 1) for k in range(11))  # ln m = s * P(s^2), s = (m-1)/(m+1)
+_SIN_COEF = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(10))  # sin t = t * S(t^2)
+_COS_COEF = tuple((-1) ** k / math.factorial(2 * k) for k in range(11))  # cos t = C(t^2)
+_NEWTON_STEPS = 5
+
+
+class ArrayOps(NamedTuple):
+    """The few array functions Box-Muller needs besides arithmetic operators."""
+
+    frexp: Callable
+    where: Callable
+    floor: Callable
+
+
+NUMPY_OPS = ArrayOps(np.frexp, np.where, np.floor)
+
+
+def _horner(x, coef):
+    acc = x * 0.0 + coef[-1]
+    for c in coef[-2::-1]:
+        acc = acc * x + c
+    return acc
+
+
+def _pow2(h, ops: ArrayOps):
+    """Exact ``2.0 ** h`` for an integer array ``|h| < 32`` by multiplying powers of two."""
+    neg = h < 0
+    habs = ops.where(neg, -h, h)
+    out = h * 0.0 + 1.0
+    for bit in range(5):
+        step = 2.0 ** (2**bit)
+        factor = ops.where(neg, 1.0 / step, step)
+        out = out * ops.where((habs & (1 << bit)) != 0, factor, 1.0)
+    return out
+
+
+def _sqrt(a, ops: ArrayOps):
+    """sqrt for ``0 <= a < 2**31`` by range reduction and Newton steps (not correctly rounded,
+    but the same bits on every backend)."""
+    m, e = ops.frexp(a)  # a = m * 2**e, m in [0.5, 1)
+    odd = (e & 1) != 0
+    m = ops.where(odd, m * 2.0, m)  # m in [0.5, 2), e even
+    e = ops.where(odd, e - 1, e)
+    g = 0.5 + 0.5 * m
+    for _ in range(_NEWTON_STEPS):
+        g = 0.5 * (g + m / g)
+    return ops.where(a == 0.0, 0.0, g * _pow2(e // 2, ops))
+
+
+def box_muller(ra, rb, ops: ArrayOps = NUMPY_OPS):
+    """Two standard normals per pair of 32-bit words (float64 arrays holding the word values).
+
+    ``u1 = (ra + 1) * 2**-32`` in (0, 1], ``u2 = rb * 2**-32`` in [0, 1);
+    returns ``(sqrt(-2 ln u1) cos(2 pi u2), sqrt(-2 ln u1) sin(2 pi u2))``, with ln, sqrt, sin
+    and cos evaluated by the fixed formulas of ``docs/rng.md`` section 5.
+    """
+    u1 = (ra + 1.0) * 2.0**-32
+    m, e = ops.frexp(u1)
+    small = m < _SQRT_HALF
+    m = ops.where(small, m * 2.0, m)  # m in [sqrt(1/2), sqrt(2))
+    e = m * 0.0 + ops.where(small, e - 1, e)
+    s = (m - 1.0) / (m + 1.0)
+    log_u1 = e * _LN2 + s * _horner(s * s, _LOG_COEF)
+    radius = _sqrt(-2.0 * log_u1, ops)
+    v = rb * 2.0**-30  # 4 * u2: quadrant q and fraction f, both exact
+    q = ops.floor(v)
+    f = v - q
+    flip = f > 0.5  # reflect to t in [0, pi/4]: sin and cos swap
+    f = ops.where(flip, 1.0 - f, f)
+    t = f * _HALF_PI
+    t2 = t * t
+    sin_t, cos_t = t * _horner(t2, _SIN_COEF), _horner(t2, _COS_COEF)
+    sin_r, cos_r = ops.where(flip, cos_t, sin_t), ops.where(flip, sin_t, cos_t)
+    # angle = q * pi/2 + r: rotate by the quadrant.
+    cos_a = ops.where(q == 0, cos_r, ops.where(q == 1, -sin_r, ops.where(q == 2, -cos_r, sin_r)))
+    sin_a = ops.where(q == 0, sin_r, ops.where(q == 1, cos_r, ops.where(q == 2, -sin_r, -cos_r)))
+    return radius * cos_a, radius * sin_a
+
+
 def normal_field(shape: tuple[int, ...], seed: int) -> np.ndarray:
     """Standard normal float64 noise of a random field of ``shape`` (stream 1, Box-Muller).
 
     Block ``n`` gives words ``r0..r3``; pair ``(r0, r1)`` makes elements ``4n`` and ``4n + 1``,
-    pair ``(r2, r3)`` elements ``4n + 2`` and ``4n + 3``: with ``u1 = (r_a + 1) * 2**-32`` in
-    ``(0, 1]`` and ``u2 = r_b * 2**-32``, ``z_even = sqrt(-2 ln u1) cos(2 pi u2)`` and
-    ``z_odd = sqrt(-2 ln u1) sin(2 pi u2)``.
+    pair ``(r2, r3)`` elements ``4n + 2`` and ``4n + 3`` (see :func:`box_muller`).
     """
     count = math.prod(shape)
     n_blocks = -(-count // NORMALS_PER_BLOCK)
     words = _blocks(seed, 0, n_blocks, STREAM_NORMAL).astype(np.float64)
-    u1 = (words[:, 0::2] + 1.0) * 2.0**-32
-    u2 = words[:, 1::2] * 2.0**-32
-    radius = np.sqrt(-2.0 * np.log(u1))
-    angle = 2.0 * math.pi * u2
-    z = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=-1).reshape(-1)
-    return z[:count].reshape(shape)
+    z_even, z_odd = box_muller(words[:, 0::2], words[:, 1::2])
+    return np.stack([z_even, z_odd], axis=-1).reshape(-1)[:count].reshape(shape)

@@ -39,7 +39,7 @@ def _info(args: argparse.Namespace) -> int:
         "backend setting": kernels.get_backend(),
         "CPU backend": kernels.for_device(torch.device("cpu")).__name__.rsplit(".", 1)[-1],
         "torch threads": str(torch.get_num_threads()),
-        "CUDA": torch.cuda.is_available() and torch.cuda.get_device_name() or "not available",
+        "CUDA": torch.cuda.get_device_name() if torch.cuda.is_available() else "not available",
     }
     width = max(map(len, rows))
     for name, value in rows.items():

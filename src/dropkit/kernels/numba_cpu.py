@@ -64,9 +64,11 @@ def _fill_tile(words, first_block, n_blocks, stream, k0, k1):
         words[4 * k + 3] = r3
 
 
-# Each parallel work item covers a fixed range of blocks; inside it, tiles of _TILE blocks are
-# generated into a small buffer and applied. The slices (xs, os_) matter: indexing through them
-# lets LLVM vectorize the apply loop, which indexing x[i0 + j] does not.
+# Each parallel work item covers a fixed range of blocks (or rows); inside it, tiles of _TILE
+# blocks are generated into a small buffer and applied. Work that fits in one item runs serially
+# (no parallel launch). The slices (xs, os_) matter: indexing through them lets LLVM vectorize
+# the apply loops, which indexing x[i0 + j] does not. In place, the tile is read from a private
+# copy, since aliased slices defeat vectorization too.
 
 
 @nb.njit(cache=True)
@@ -80,7 +82,6 @@ def _fused_range(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplac
         i0 = first * 8
         m = min(_TILE * 8, n - i0)
         os_ = out[i0:i0 + m]
-        # In place, read a private copy of the tile: aliased slices defeat vectorization.
         xs = x[i0:i0 + m].copy() if inplace else x[i0:i0 + m]
         if shift != 0:
             for j in range(m):
@@ -91,11 +92,9 @@ def _fused_range(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplac
 
 
 @nb.njit(parallel=True, cache=True)
-def _fused(x, out, k0, k1, t, scale, shift, fill):
+def _fused(x, out, k0, k1, tt, scale, shift, fill, inplace):
     """out[i] = (x[i] * scale [+ shift]) if u_i >= t else fill; flat contiguous float32/64."""
     n_blocks = (x.size + 7) // 8
-    tt = np.uint16(t)
-    inplace = x.ctypes.data == out.ctypes.data
     for c in nb.prange((n_blocks + _ITEM - 1) // _ITEM):
         start = np.int64(c) * _ITEM  # prange indices are unsigned; keep block math in int64
         stop = min(start + _ITEM, n_blocks)
@@ -118,78 +117,63 @@ def _keep_range(out, b_start, b_stop, k0, k1, tt):
 
 
 @nb.njit(parallel=True, cache=True)
-def _keep(out, k0, k1, t):
+def _keep(out, k0, k1, tt):
     """out[i] = u_i >= t, for a flat field (uint8)."""
     n_blocks = (out.size + 7) // 8
-    tt = np.uint16(t)
     for c in nb.prange((n_blocks + _ITEM - 1) // _ITEM):
         start = np.int64(c) * _ITEM
         _keep_range(out, start, min(start + _ITEM, n_blocks), k0, k1, tt)
 
 
 @nb.njit(cache=True)
-def _row_base(row, sizes, field_strides):
-    """Field offset of the first element of ``row`` (all axes but the last)."""
-    base = 0
-    rest = row
-    for d in range(sizes.size - 2, -1, -1):
-        base += (rest % sizes[d]) * field_strides[d]
-        rest //= sizes[d]
-    return base
+def _broadcast_range(x, out, keep, sizes, field_strides, r_start, r_stop, scale, shift, fill,
+                     inplace):
+    """Rows ``r_start ... r_stop - 1`` of :func:`_broadcast`."""
+    row_len = sizes[-1]
+    shared = field_strides[-1] == 0
+    has_shift = shift != 0
+    for row in range(r_start, r_stop):
+        base = 0
+        rest = row
+        for d in range(sizes.size - 2, -1, -1):
+            base += (rest % sizes[d]) * field_strides[d]
+            rest //= sizes[d]
+        i0 = row * row_len
+        os_ = out[i0:i0 + row_len]
+        if shared and not keep[base]:
+            os_[:] = fill
+            continue
+        xs = x[i0:i0 + row_len].copy() if inplace else x[i0:i0 + row_len]
+        if shared and has_shift:
+            for j in range(row_len):
+                os_[j] = xs[j] * scale + shift
+        elif shared:
+            for j in range(row_len):
+                os_[j] = xs[j] * scale
+        elif has_shift:
+            ks = keep[base:base + row_len]
+            for j in range(row_len):
+                os_[j] = (xs[j] * scale + shift) if ks[j] else fill
+        else:
+            ks = keep[base:base + row_len]
+            for j in range(row_len):
+                os_[j] = xs[j] * scale if ks[j] else fill
 
 
 @nb.njit(parallel=True, cache=True)
-def _broadcast(x, out, keep, sizes, field_strides, scale, shift, fill):
+def _broadcast(x, out, keep, sizes, field_strides, rows_per_item, scale, shift, fill, inplace):
     """Apply a keep field broadcast over x: both flattened, x viewed with shape ``sizes``.
 
     ``field_strides[d]`` is the field's stride of axis d (0 where the field is broadcast). Rows
     are the last axis; each row finds its field offset once, and a row that shares one decision
     (spatial dropout) is a plain scaled copy or a fill.
     """
-    row_len = sizes[-1]
-    shared = field_strides[-1] == 0
-    n_rows = x.size // row_len
-    has_shift = shift != 0
-    for r in nb.prange(n_rows):
-        row = np.int64(r)  # prange indices are unsigned; mixing them with int64 gives floats
-        base = _row_base(row, sizes, field_strides)
-        i0 = row * row_len
-        if shared and not keep[base]:
-            for j in range(row_len):
-                out[i0 + j] = fill
-        elif shared and has_shift:
-            for j in range(row_len):
-                out[i0 + j] = x[i0 + j] * scale + shift
-        elif shared:
-            for j in range(row_len):
-                out[i0 + j] = x[i0 + j] * scale
-        elif has_shift:
-            for j in range(row_len):
-                out[i0 + j] = (x[i0 + j] * scale + shift) if keep[base + j] else fill
-        else:
-            for j in range(row_len):
-                out[i0 + j] = x[i0 + j] * scale if keep[base + j] else fill
-
-
-@nb.njit(parallel=True, cache=True)
-def _normal(out, k0, k1):
-    """Box-Muller standard normals of stream 1 (see ``dropkit.rng.normal_field``)."""
-    n = out.size
-    n_blocks = (n + 3) // 4
-    two_pi = 2.0 * np.pi
-    for c in nb.prange((n_blocks + _TILE - 1) // _TILE):
-        words = np.empty(_TILE * 4, dtype=np.uint32)
-        first = np.int64(c) * _TILE
-        _fill_tile(words, first, min(_TILE, n_blocks - first), np.uint32(1), k0, k1)
-        i0 = first * 4
-        for j in range(0, min(_TILE * 4, n - i0), 2):
-            u1 = (np.float64(words[j]) + 1.0) * 2.0**-32
-            u2 = np.float64(words[j + 1]) * 2.0**-32
-            radius = np.sqrt(-2.0 * np.log(u1))
-            angle = two_pi * u2
-            out[i0 + j] = radius * np.cos(angle)
-            if i0 + j + 1 < n:
-                out[i0 + j + 1] = radius * np.sin(angle)
+    n_rows = x.size // sizes[-1]
+    for c in nb.prange((n_rows + rows_per_item - 1) // rows_per_item):
+        start = np.int64(c) * rows_per_item
+        stop = min(start + rows_per_item, n_rows)
+        _broadcast_range(x, out, keep, sizes, field_strides, start, stop, scale, shift, fill,
+                         inplace)
 
 
 def _sync_threads() -> None:
@@ -203,20 +187,22 @@ def _key32(key: tuple[int, int]) -> tuple[np.uint32, np.uint32]:
 def keep_field(key: tuple[int, int], t: int, count: int, device=None) -> torch.Tensor:
     """Boolean keep decisions of field elements ``0 ... count - 1`` (a CPU tensor; ``device``
     is accepted for signature parity with ``torch_ref`` and ignored)."""
+    if t >= rng.LANE_RANGE:  # the kernels compare 16-bit lanes: 65536 would wrap to 0
+        return torch.zeros(count, dtype=torch.bool)
     _sync_threads()
     out = np.empty(count, dtype=np.uint8)
-    if count:
-        _keep(out, *_key32(key), t)
+    n_blocks = (count + 7) // 8
+    if n_blocks <= _ITEM:
+        _keep_range(out, 0, n_blocks, *_key32(key), np.uint16(t))
+    else:
+        _keep(out, *_key32(key), np.uint16(t))
     return torch.from_numpy(out).view(torch.bool)
 
 
 def normal_field(key: tuple[int, int], count: int, device=None) -> torch.Tensor:
-    """Standard normal float64 noise of field elements ``0 ... count - 1`` (a CPU tensor)."""
-    _sync_threads()
-    out = np.empty(count, dtype=np.float64)
-    if count:
-        _normal(out, *_key32(key))
-    return torch.from_numpy(out)
+    """Standard normal float64 noise: computed with ``torch_ref``'s tensor code (multi-threaded
+    torch ops), which follows the spec's fixed Box-Muller formulas; not a numba kernel yet."""
+    return torch_ref.normal_field(key, count)
 
 
 _FUSED_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
@@ -264,20 +250,33 @@ def apply(
     """
     np_dtype = _FUSED_DTYPES.get(x.dtype)
     field_size = math.prod(noise_shape)
-    if np_dtype is None:
+    if np_dtype is None or t >= rng.LANE_RANGE:
         keep = keep_field(key, t, field_size)
         return torch_ref.apply_keep(x, keep.reshape(noise_shape), scale, shift, fill, out=out)
-    _sync_threads()
     src = x.contiguous()
     if out is None:
         out = torch.empty_like(src, memory_format=torch.contiguous_format)
-    if src.numel() == 0:
+    n = src.numel()
+    if n == 0:
         return out
     xs, os_ = src.detach().reshape(-1).numpy(), out.detach().reshape(-1).numpy()
-    consts = (np_dtype(scale), np_dtype(shift), np_dtype(fill))
+    consts = (np_dtype(scale), np_dtype(shift), np_dtype(fill), xs.ctypes.data == os_.ctypes.data)
+    parallel = n > _ITEM * 8
+    _sync_threads()
     if tuple(noise_shape) == tuple(x.shape):
-        _fused(xs, os_, *_key32(key), t, *consts)
+        k0, k1 = _key32(key)
+        n_blocks = (n + 7) // 8
+        if parallel:
+            _fused(xs, os_, k0, k1, np.uint16(t), *consts)
+        else:
+            _fused_range(xs, os_, 0, n_blocks, k0, k1, np.uint16(t), *consts)
+        return out
+    keep = keep_field(key, t, field_size).numpy().view(np.uint8)
+    sizes, strides = _collapse(tuple(x.shape), tuple(noise_shape))
+    rows = n // int(sizes[-1])
+    if parallel:
+        rows_per_item = max(1, _ITEM * 8 // int(sizes[-1]))
+        _broadcast(xs, os_, keep, sizes, strides, rows_per_item, *consts)
     else:
-        keep = keep_field(key, t, field_size).numpy().view(np.uint8)
-        _broadcast(xs, os_, keep, *_collapse(tuple(x.shape), tuple(noise_shape)), *consts)
+        _broadcast_range(xs, os_, keep, sizes, strides, 0, rows, *consts)
     return out

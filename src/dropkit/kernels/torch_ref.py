@@ -13,9 +13,14 @@ import torch
 
 from .. import rng
 
-__all__ = ["apply", "apply_keep", "keep_field", "normal_field", "philox4x32"]
+__all__ = ["apply", "apply_keep", "compute_dtype", "keep_field", "normal_field", "philox4x32"]
 
 _MASK32 = rng.MASK32
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the spec computes in: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _mulhilo(m: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,16 +55,15 @@ def keep_field(key: tuple[int, int], t: int, count: int, device=None) -> torch.T
     return lanes >= t
 
 
+_TORCH_OPS = rng.ArrayOps(torch.frexp, torch.where, torch.floor)
+
+
 def normal_field(key: tuple[int, int], count: int, device=None) -> torch.Tensor:
-    """Standard normal float64 noise of field elements ``0 ... count - 1`` (Box-Muller, stream 1)."""
+    """Standard normal float64 noise of field elements ``0 ... count - 1`` (Box-Muller, stream 1,
+    with the spec's fixed formulas: ``dropkit.rng.box_muller``)."""
     words = _words(key, -(-count // 4), rng.STREAM_NORMAL, device).to(torch.float64)
-    u1 = (words[:, 0::2] + 1.0) * 2.0**-32
-    u2 = words[:, 1::2] * 2.0**-32
-    radius = torch.sqrt(-2.0 * torch.log(u1))
-    angle = 2.0 * math.pi * u2
-    return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], -1).reshape(-1)[
-        :count
-    ]
+    z_even, z_odd = rng.box_muller(words[:, 0::2], words[:, 1::2], _TORCH_OPS)
+    return torch.stack([z_even, z_odd], dim=-1).reshape(-1)[:count]
 
 
 def apply_keep(
@@ -77,9 +81,10 @@ def apply_keep(
     plain dropout keeps the sign of ``-0.0``.
     """
     kept = x * scale
-    if shift != 0.0:
-        kept = kept + shift
-    result = torch.where(keep.to(x.device), kept, torch.tensor(fill, dtype=x.dtype, device=x.device))
+    if shift != 0.0:  # in the compute dtype: torch would round `shift` to float16 first
+        kept = (kept.to(compute_dtype(x.dtype)) + shift).to(x.dtype)
+    fill_value = torch.tensor(fill, dtype=x.dtype, device=x.device)
+    result = torch.where(keep.to(x.device), kept, fill_value)
     if out is None:
         return result.contiguous()
     return out.copy_(result)
@@ -95,6 +100,6 @@ def apply(
     fill: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``where(keep, x * scale + shift, fill)`` with the keep field broadcast from ``noise_shape``."""
+    """``where(keep, x * scale + shift, fill)``, the keep field broadcast from ``noise_shape``."""
     keep = keep_field(key, t, math.prod(noise_shape), device=x.device)
     return apply_keep(x, keep.reshape(noise_shape), scale, shift, fill, out=out)

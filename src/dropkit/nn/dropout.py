@@ -58,8 +58,8 @@ class Dropout(_ModeDropout):
         Dropout(p=0.2, inplace=False, mode='inverted', noise_shape=(None, 1, None))
         >>> m(torch.ones(4, 7, 5), seed=0).shape
         torch.Size([4, 7, 5])
-        >>> m.eval()(torch.ones(2)).tolist()
-        [1.0, 1.0]
+        >>> m.eval()(torch.ones(1, 1, 2)).tolist()
+        [[[1.0, 1.0]]]
     """
 
     def __init__(
@@ -191,15 +191,33 @@ class GaussianDropout(_DropoutNd):
 
 class AlphaDropout(_DropoutNd):
     """Alpha dropout for SELU networks; see :func:`dropkit.functional.alpha_dropout`.
+    ``noise_shape`` (as in :class:`Dropout`) shares decisions over axes: ``(None, None, 1, 1)``
+    on ``(N, C, H, W)`` is torch's ``FeatureAlphaDropout``.
 
     Example:
         >>> import torch, dropkit
         >>> dropkit.nn.AlphaDropout(0.1)
         AlphaDropout(p=0.1, inplace=False)
+        >>> dropkit.nn.AlphaDropout(0.1, noise_shape=(None, None, 1, 1))
+        AlphaDropout(p=0.1, inplace=False, noise_shape=(None, None, 1, 1))
     """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        noise_shape: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__(p, inplace)
+        self.noise_shape = v.check_noise_shape(type(self).__name__, noise_shape)
 
     def forward(
         self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        return F.alpha_dropout(input, self.p, self.training, self.inplace, seed=seed,
-                               generator=generator)
+        return F.alpha_dropout(input, self.p, self.training, self.inplace,
+                               noise_shape=self.noise_shape, seed=seed, generator=generator)
+
+    def extra_repr(self) -> str:
+        extra = "" if self.noise_shape is None else f", noise_shape={self.noise_shape}"
+        return super().extra_repr() + extra
