@@ -7,8 +7,18 @@ import math
 import torch
 
 import dropkit
+import dropkit.functional as DF
 
 BACKENDS = ("numba", "torch")
+FUNCS = {  # every function of dropkit.functional, by name
+    "dropout": DF.dropout,
+    "spatial_dropout1d": DF.spatial_dropout1d,
+    "spatial_dropout2d": DF.spatial_dropout2d,
+    "spatial_dropout3d": DF.spatial_dropout3d,
+    "timestep_dropout": DF.timestep_dropout,
+    "gaussian_dropout": DF.gaussian_dropout,
+    "alpha_dropout": DF.alpha_dropout,
+}
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

@@ -18,19 +18,10 @@ from hypothesis import strategies as st
 
 import dropkit.functional as DF
 from dropkit import rng
-from helpers import DTYPES, assert_keep_rate
+from helpers import DTYPES, FUNCS, assert_keep_rate
 
 SELU_ALPHA = 1.7580993408473766
 
-FUNCS = {
-    "dropout": DF.dropout,
-    "spatial_dropout1d": DF.spatial_dropout1d,
-    "spatial_dropout2d": DF.spatial_dropout2d,
-    "spatial_dropout3d": DF.spatial_dropout3d,
-    "timestep_dropout": DF.timestep_dropout,
-    "gaussian_dropout": DF.gaussian_dropout,
-    "alpha_dropout": DF.alpha_dropout,
-}
 NAMES = tuple(FUNCS)
 # Functions whose randomness is a Bernoulli keep field (everything but Gaussian noise).
 MASKED = tuple(n for n in NAMES if n != "gaussian_dropout")

@@ -17,16 +17,8 @@ import torch
 import dropkit
 import dropkit.functional as DF
 import dropkit.numpy as dnp
+from helpers import FUNCS
 
-FUNCS = {
-    "dropout": DF.dropout,
-    "spatial_dropout1d": DF.spatial_dropout1d,
-    "spatial_dropout2d": DF.spatial_dropout2d,
-    "spatial_dropout3d": DF.spatial_dropout3d,
-    "timestep_dropout": DF.timestep_dropout,
-    "gaussian_dropout": DF.gaussian_dropout,
-    "alpha_dropout": DF.alpha_dropout,
-}
 NAMES = tuple(FUNCS)
 MODED = ("dropout", "spatial_dropout1d", "spatial_dropout2d", "spatial_dropout3d",
          "timestep_dropout")

@@ -4,11 +4,11 @@ The work is split into fixed chunks of Philox blocks (never into "one chunk per 
 every element's decision depends only on ``(key, field index)``, so the result does not depend on
 the number of threads. numba follows ``torch.get_num_threads()`` (capped by numba's own limit).
 
-float32 and float64 run fully fused: a full-shape noise field (plain dropout and its backward)
-generates and applies the mask in one pass; a broadcast field (spatial, timestep, noise_shape) is
-drawn once (it is small) and applied in one pass. float16 and bfloat16 draw the keep field here
-and apply it with ``torch_ref``'s ``torch.where`` expression, so both backends share that
-arithmetic.
+float32, float64 and bfloat16 run fused: a full-shape noise field (plain dropout and its
+backward) generates and applies the mask in one pass; a broadcast field (spatial, timestep,
+noise_shape) is drawn once (it is small) and applied in one pass. float16 (and bfloat16 alpha
+dropout) draw the keep field here and apply it with ``torch_ref``'s ``torch.where`` expression,
+so both backends share that arithmetic.
 """
 
 from __future__ import annotations
@@ -66,9 +66,55 @@ def _fill_tile(words, first_block, n_blocks, stream, k0, k1):
 
 # Each parallel work item covers a fixed range of blocks (or rows); inside it, tiles of _TILE
 # blocks are generated into a small buffer and applied. Work that fits in one item runs serially
-# (no parallel launch). The slices (xs, os_) matter: indexing through them lets LLVM vectorize
-# the apply loops, which indexing x[i0 + j] does not. In place, the tile is read from a private
-# copy, since aliased slices defeat vectorization too.
+# (no parallel launch). Loops index through slices passed to small helpers: that lets LLVM
+# vectorize them, which indexing x[i0 + j] does not. In place, a tile is read from a private copy,
+# since aliased slices defeat vectorization too. bfloat16 tiles are widened to float32 scratch
+# buffers, computed as float32, and rounded back (round to nearest even; NaN -> 0x7FC0, as torch's
+# bfloat16 arithmetic does).
+
+
+@nb.njit(cache=True)
+def _apply_lanes(xs, os_, lanes, tt, scale, shift, fill):
+    if shift != 0:
+        for j in range(xs.size):
+            os_[j] = (xs[j] * scale + shift) if lanes[j] >= tt else fill
+    else:
+        for j in range(xs.size):
+            os_[j] = xs[j] * scale if lanes[j] >= tt else fill
+
+
+@nb.njit(inline="always", cache=True)
+def _apply_row(xs, os_, keep, shared, scale, shift, fill):
+    """One row: ``keep`` is the row's field slice (one element when ``shared``)."""
+    if shared and not keep[0]:
+        os_[:] = fill
+    elif shared and shift != 0:
+        for j in range(xs.size):
+            os_[j] = xs[j] * scale + shift
+    elif shared:
+        for j in range(xs.size):
+            os_[j] = xs[j] * scale
+    elif shift != 0:
+        for j in range(xs.size):
+            os_[j] = (xs[j] * scale + shift) if keep[j] else fill
+    else:
+        for j in range(xs.size):
+            os_[j] = xs[j] * scale if keep[j] else fill
+
+
+@nb.njit(cache=True)
+def _widen_bf16(src, dst_bits):
+    for j in range(src.size):
+        dst_bits[j] = np.uint32(src[j]) << np.uint32(16)
+
+
+@nb.njit(cache=True)
+def _round_bf16(src_bits, dst):
+    for j in range(src_bits.size):
+        b = src_bits[j]
+        rounded = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        dst[j] = np.uint16(0x7FC0) if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else (
+            np.uint16(rounded))
 
 
 @nb.njit(cache=True)
@@ -81,14 +127,25 @@ def _fused_range(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplac
         _fill_tile(words, first, min(_TILE, b_stop - first), np.uint32(0), k0, k1)
         i0 = first * 8
         m = min(_TILE * 8, n - i0)
-        os_ = out[i0:i0 + m]
         xs = x[i0:i0 + m].copy() if inplace else x[i0:i0 + m]
-        if shift != 0:
-            for j in range(m):
-                os_[j] = (xs[j] * scale + shift) if lanes[j] >= tt else fill
-        else:
-            for j in range(m):
-                os_[j] = xs[j] * scale if lanes[j] >= tt else fill
+        _apply_lanes(xs, out[i0:i0 + m], lanes[:m], tt, scale, shift, fill)
+
+
+@nb.njit(cache=True)
+def _fused_range_bf16(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplace):
+    n = x.size
+    words = np.empty(_TILE * 4, dtype=np.uint32)
+    lanes = words.view(np.uint16)
+    xf, of = np.empty(_TILE * 8, dtype=np.float32), np.empty(_TILE * 8, dtype=np.float32)
+    xf_bits, of_bits = xf.view(np.uint32), of.view(np.uint32)
+    for c in range((b_stop - b_start + _TILE - 1) // _TILE):
+        first = b_start + c * _TILE
+        _fill_tile(words, first, min(_TILE, b_stop - first), np.uint32(0), k0, k1)
+        i0 = first * 8
+        m = min(_TILE * 8, n - i0)
+        _widen_bf16(x[i0:i0 + m], xf_bits[:m])
+        _apply_lanes(xf[:m], of[:m], lanes[:m], tt, scale, shift, fill)
+        _round_bf16(of_bits[:m], out[i0:i0 + m])
 
 
 @nb.njit(parallel=True, cache=True)
@@ -99,6 +156,16 @@ def _fused(x, out, k0, k1, tt, scale, shift, fill, inplace):
         start = np.int64(c) * _ITEM  # prange indices are unsigned; keep block math in int64
         stop = min(start + _ITEM, n_blocks)
         _fused_range(x, out, start, stop, k0, k1, tt, scale, shift, fill, inplace)
+
+
+@nb.njit(parallel=True, cache=True)
+def _fused_bf16(x, out, k0, k1, tt, scale, shift, fill, inplace):
+    """:func:`_fused` for bfloat16 data held as uint16."""
+    n_blocks = (x.size + 7) // 8
+    for c in nb.prange((n_blocks + _ITEM - 1) // _ITEM):
+        start = np.int64(c) * _ITEM
+        stop = min(start + _ITEM, n_blocks)
+        _fused_range_bf16(x, out, start, stop, k0, k1, tt, scale, shift, fill, inplace)
 
 
 @nb.njit(cache=True)
@@ -125,39 +192,45 @@ def _keep(out, k0, k1, tt):
         _keep_range(out, start, min(start + _ITEM, n_blocks), k0, k1, tt)
 
 
+@nb.njit(inline="always", cache=True)
+def _row_base(row, sizes, field_strides):
+    """Field offset of the first element of ``row`` (all axes but the last)."""
+    base = 0
+    rest = row
+    for d in range(sizes.size - 2, -1, -1):
+        base += (rest % sizes[d]) * field_strides[d]
+        rest //= sizes[d]
+    return base
+
+
 @nb.njit(cache=True)
 def _broadcast_range(x, out, keep, sizes, field_strides, r_start, r_stop, scale, shift, fill,
                      inplace):
     """Rows ``r_start ... r_stop - 1`` of :func:`_broadcast`."""
     row_len = sizes[-1]
     shared = field_strides[-1] == 0
-    has_shift = shift != 0
+    k_len = 1 if shared else row_len
     for row in range(r_start, r_stop):
-        base = 0
-        rest = row
-        for d in range(sizes.size - 2, -1, -1):
-            base += (rest % sizes[d]) * field_strides[d]
-            rest //= sizes[d]
+        base = _row_base(row, sizes, field_strides)
         i0 = row * row_len
-        os_ = out[i0:i0 + row_len]
-        if shared and not keep[base]:
-            os_[:] = fill
-            continue
         xs = x[i0:i0 + row_len].copy() if inplace else x[i0:i0 + row_len]
-        if shared and has_shift:
-            for j in range(row_len):
-                os_[j] = xs[j] * scale + shift
-        elif shared:
-            for j in range(row_len):
-                os_[j] = xs[j] * scale
-        elif has_shift:
-            ks = keep[base:base + row_len]
-            for j in range(row_len):
-                os_[j] = (xs[j] * scale + shift) if ks[j] else fill
-        else:
-            ks = keep[base:base + row_len]
-            for j in range(row_len):
-                os_[j] = xs[j] * scale if ks[j] else fill
+        _apply_row(xs, out[i0:i0 + row_len], keep[base:base + k_len], shared, scale, shift, fill)
+
+
+@nb.njit(cache=True)
+def _broadcast_range_bf16(x, out, keep, sizes, field_strides, r_start, r_stop, scale, shift,
+                          fill, inplace):
+    row_len = sizes[-1]
+    shared = field_strides[-1] == 0
+    k_len = 1 if shared else row_len
+    xf, of = np.empty(row_len, dtype=np.float32), np.empty(row_len, dtype=np.float32)
+    xf_bits, of_bits = xf.view(np.uint32), of.view(np.uint32)
+    for row in range(r_start, r_stop):
+        base = _row_base(row, sizes, field_strides)
+        i0 = row * row_len
+        _widen_bf16(x[i0:i0 + row_len], xf_bits)
+        _apply_row(xf, of, keep[base:base + k_len], shared, scale, shift, fill)
+        _round_bf16(of_bits, out[i0:i0 + row_len])
 
 
 @nb.njit(parallel=True, cache=True)
@@ -174,6 +247,18 @@ def _broadcast(x, out, keep, sizes, field_strides, rows_per_item, scale, shift, 
         stop = min(start + rows_per_item, n_rows)
         _broadcast_range(x, out, keep, sizes, field_strides, start, stop, scale, shift, fill,
                          inplace)
+
+
+@nb.njit(parallel=True, cache=True)
+def _broadcast_bf16(x, out, keep, sizes, field_strides, rows_per_item, scale, shift, fill,
+                    inplace):
+    """:func:`_broadcast` for bfloat16 data held as uint16."""
+    n_rows = x.size // sizes[-1]
+    for c in nb.prange((n_rows + rows_per_item - 1) // rows_per_item):
+        start = np.int64(c) * rows_per_item
+        stop = min(start + rows_per_item, n_rows)
+        _broadcast_range_bf16(x, out, keep, sizes, field_strides, start, stop, scale, shift,
+                              fill, inplace)
 
 
 def _sync_threads() -> None:
@@ -205,7 +290,13 @@ def normal_field(key: tuple[int, int], count: int, device=None) -> torch.Tensor:
     return torch_ref.normal_field(key, count)
 
 
-_FUSED_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+# dtype -> (NumPy view dtype, compute dtype, kernels: fused, fused serial, broadcast, serial)
+_KERNELS = {
+    torch.float32: (np.float32, np.float32, _fused, _fused_range, _broadcast, _broadcast_range),
+    torch.float64: (np.float64, np.float64, _fused, _fused_range, _broadcast, _broadcast_range),
+    torch.bfloat16: (np.uint16, np.float32, _fused_bf16, _fused_range_bf16, _broadcast_bf16,
+                     _broadcast_range_bf16),
+}
 
 
 def _collapse(shape, noise_shape) -> tuple[np.ndarray, np.ndarray]:
@@ -232,6 +323,14 @@ def _collapse(shape, noise_shape) -> tuple[np.ndarray, np.ndarray]:
     return sizes, strides
 
 
+def _flat_numpy(t: torch.Tensor, view_dtype) -> np.ndarray:
+    """A flat NumPy view of a contiguous tensor; bfloat16 is seen as uint16 bits."""
+    flat = t.detach().reshape(-1)
+    if view_dtype is np.uint16:
+        return flat.view(torch.int16).numpy().view(np.uint16)
+    return flat.numpy()
+
+
 def apply(
     x: torch.Tensor,
     key: tuple[int, int],
@@ -245,38 +344,38 @@ def apply(
     """``where(keep, x * scale + shift, fill)`` with the keep field broadcast from ``noise_shape``.
 
     Same contract and bits as :func:`dropkit.kernels.torch_ref.apply`; ``out`` (contiguous) may
-    alias ``x`` for in-place use. float32/float64 run fused here; float16/bfloat16 draw the keep
-    field here and share ``torch_ref``'s arithmetic.
+    alias ``x`` for in-place use. float32, float64 and bfloat16 run fused here (bfloat16 with a
+    shift, i.e. alpha dropout, rounds twice and is left to the shared path); float16 draws the
+    keep field here and shares ``torch_ref``'s arithmetic.
     """
-    np_dtype = _FUSED_DTYPES.get(x.dtype)
+    kernels = _KERNELS.get(x.dtype)
     field_size = math.prod(noise_shape)
-    if np_dtype is None or t >= rng.LANE_RANGE:
+    if kernels is None or t >= rng.LANE_RANGE or (x.dtype == torch.bfloat16 and shift != 0.0):
         keep = keep_field(key, t, field_size)
         return torch_ref.apply_keep(x, keep.reshape(noise_shape), scale, shift, fill, out=out)
+    view_dtype, compute, fused, fused_serial, broadcast, broadcast_serial = kernels
     src = x.contiguous()
     if out is None:
         out = torch.empty_like(src, memory_format=torch.contiguous_format)
     n = src.numel()
     if n == 0:
         return out
-    xs, os_ = src.detach().reshape(-1).numpy(), out.detach().reshape(-1).numpy()
-    consts = (np_dtype(scale), np_dtype(shift), np_dtype(fill), xs.ctypes.data == os_.ctypes.data)
+    xs, os_ = _flat_numpy(src, view_dtype), _flat_numpy(out, view_dtype)
+    consts = (compute(scale), compute(shift), compute(fill), xs.ctypes.data == os_.ctypes.data)
     parallel = n > _ITEM * 8
     _sync_threads()
     if tuple(noise_shape) == tuple(x.shape):
         k0, k1 = _key32(key)
-        n_blocks = (n + 7) // 8
         if parallel:
-            _fused(xs, os_, k0, k1, np.uint16(t), *consts)
+            fused(xs, os_, k0, k1, np.uint16(t), *consts)
         else:
-            _fused_range(xs, os_, 0, n_blocks, k0, k1, np.uint16(t), *consts)
+            fused_serial(xs, os_, 0, (n + 7) // 8, k0, k1, np.uint16(t), *consts)
         return out
     keep = keep_field(key, t, field_size).numpy().view(np.uint8)
     sizes, strides = _collapse(tuple(x.shape), tuple(noise_shape))
-    rows = n // int(sizes[-1])
     if parallel:
         rows_per_item = max(1, _ITEM * 8 // int(sizes[-1]))
-        _broadcast(xs, os_, keep, sizes, strides, rows_per_item, *consts)
+        broadcast(xs, os_, keep, sizes, strides, rows_per_item, *consts)
     else:
-        _broadcast_range(xs, os_, keep, sizes, strides, 0, rows, *consts)
+        broadcast_serial(xs, os_, keep, sizes, strides, 0, n // int(sizes[-1]), *consts)
     return out
