@@ -18,6 +18,9 @@ import math
 import numba as nb
 import numpy as np
 import torch
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from .. import rng
 from . import torch_ref
@@ -68,9 +71,9 @@ def _fill_tile(words, first_block, n_blocks, stream, k0, k1):
 # blocks are generated into a small buffer and applied. Work that fits in one item runs serially
 # (no parallel launch). Loops index through slices passed to small helpers: that lets LLVM
 # vectorize them, which indexing x[i0 + j] does not. In place, a tile is read from a private copy,
-# since aliased slices defeat vectorization too. bfloat16 tiles are widened to float32 scratch
-# buffers, computed as float32, and rounded back (round to nearest even; NaN -> 0x7FC0, as torch's
-# bfloat16 arithmetic does).
+# since aliased slices defeat vectorization too. bfloat16 data is handled as uint16 bits: each
+# element is widened to float32 (a bit cast), multiplied, and rounded back to nearest even, as
+# torch's bfloat16 arithmetic does (NaN payloads are not specified).
 
 
 @nb.njit(cache=True)
@@ -102,19 +105,46 @@ def _apply_row(xs, os_, keep, shared, scale, shift, fill):
             os_[j] = xs[j] * scale if keep[j] else fill
 
 
-@nb.njit(cache=True)
-def _widen_bf16(src, dst_bits):
-    for j in range(src.size):
-        dst_bits[j] = np.uint32(src[j]) << np.uint32(16)
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _f32_to_bits(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@nb.njit(inline="always", cache=True)
+def _bf16_mul(h, scale):
+    """bfloat16 bits ``h`` times a float32 ``scale``, rounded to nearest even (NaN -> 0x7FC0)."""
+    b = _f32_to_bits(_f32_from_bits(np.uint32(h) << np.uint32(16)) * scale)
+    rounded = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> 16)
+    return np.uint16(0x7FC0) if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded
 
 
 @nb.njit(cache=True)
-def _round_bf16(src_bits, dst):
-    for j in range(src_bits.size):
-        b = src_bits[j]
-        rounded = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-        dst[j] = np.uint16(0x7FC0) if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else (
-            np.uint16(rounded))
+def _apply_lanes_bf16(xs, os_, lanes, tt, scale, fill):
+    for j in range(xs.size):
+        os_[j] = _bf16_mul(xs[j], scale) if lanes[j] >= tt else fill
+
+
+@nb.njit(cache=True)
+def _apply_row_bf16(xs, os_, keep, shared, scale, fill):
+    if shared and not keep[0]:
+        os_[:] = fill
+    elif shared:
+        for j in range(xs.size):
+            os_[j] = _bf16_mul(xs[j], scale)
+    else:
+        for j in range(xs.size):
+            os_[j] = _bf16_mul(xs[j], scale) if keep[j] else fill
 
 
 @nb.njit(cache=True)
@@ -133,19 +163,17 @@ def _fused_range(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplac
 
 @nb.njit(cache=True)
 def _fused_range_bf16(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplace):
+    """:func:`_fused_range` on bfloat16 bits (``shift`` must be 0; ``fill`` is bfloat16 bits)."""
     n = x.size
     words = np.empty(_TILE * 4, dtype=np.uint32)
     lanes = words.view(np.uint16)
-    xf, of = np.empty(_TILE * 8, dtype=np.float32), np.empty(_TILE * 8, dtype=np.float32)
-    xf_bits, of_bits = xf.view(np.uint32), of.view(np.uint32)
     for c in range((b_stop - b_start + _TILE - 1) // _TILE):
         first = b_start + c * _TILE
         _fill_tile(words, first, min(_TILE, b_stop - first), np.uint32(0), k0, k1)
         i0 = first * 8
         m = min(_TILE * 8, n - i0)
-        _widen_bf16(x[i0:i0 + m], xf_bits[:m])
-        _apply_lanes(xf[:m], of[:m], lanes[:m], tt, scale, shift, fill)
-        _round_bf16(of_bits[:m], out[i0:i0 + m])
+        xs = x[i0:i0 + m].copy() if inplace else x[i0:i0 + m]
+        _apply_lanes_bf16(xs, out[i0:i0 + m], lanes[:m], tt, scale, fill)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -220,17 +248,15 @@ def _broadcast_range(x, out, keep, sizes, field_strides, r_start, r_stop, scale,
 @nb.njit(cache=True)
 def _broadcast_range_bf16(x, out, keep, sizes, field_strides, r_start, r_stop, scale, shift,
                           fill, inplace):
+    """:func:`_broadcast_range` on bfloat16 bits (``shift`` must be 0; ``fill`` is bits)."""
     row_len = sizes[-1]
     shared = field_strides[-1] == 0
     k_len = 1 if shared else row_len
-    xf, of = np.empty(row_len, dtype=np.float32), np.empty(row_len, dtype=np.float32)
-    xf_bits, of_bits = xf.view(np.uint32), of.view(np.uint32)
     for row in range(r_start, r_stop):
         base = _row_base(row, sizes, field_strides)
         i0 = row * row_len
-        _widen_bf16(x[i0:i0 + row_len], xf_bits)
-        _apply_row(xf, of, keep[base:base + k_len], shared, scale, shift, fill)
-        _round_bf16(of_bits, out[i0:i0 + row_len])
+        xs = x[i0:i0 + row_len].copy() if inplace else x[i0:i0 + row_len]
+        _apply_row_bf16(xs, out[i0:i0 + row_len], keep[base:base + k_len], shared, scale, fill)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -361,7 +387,12 @@ def apply(
     if n == 0:
         return out
     xs, os_ = _flat_numpy(src, view_dtype), _flat_numpy(out, view_dtype)
-    consts = (compute(scale), compute(shift), compute(fill), xs.ctypes.data == os_.ctypes.data)
+    if view_dtype is np.uint16:  # bfloat16: the fill value is passed as its bits
+        fill_value = torch.tensor(fill, dtype=torch.bfloat16).view(torch.int16).item() & 0xFFFF
+        fill_arg = np.uint16(fill_value)
+    else:
+        fill_arg = compute(fill)
+    consts = (compute(scale), compute(shift), fill_arg, xs.ctypes.data == os_.ctypes.data)
     parallel = n > _ITEM * 8
     _sync_threads()
     if tuple(noise_shape) == tuple(x.shape):
