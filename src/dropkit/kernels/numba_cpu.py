@@ -4,17 +4,18 @@ The work is split into fixed chunks of Philox blocks (never into "one chunk per 
 every element's decision depends only on ``(key, field index)``, so the result does not depend on
 the number of threads. numba follows ``torch.get_num_threads()`` (capped by numba's own limit).
 
-float32, float64 and bfloat16 run fused: a full-shape noise field (plain dropout and its
-backward) generates and applies the mask in one pass; a broadcast field (spatial, timestep,
-noise_shape) is drawn once (it is small) and applied in one pass. float16 (and bfloat16 alpha
-dropout) draw the keep field here and apply it with ``torch_ref``'s ``torch.where`` expression,
-so both backends share that arithmetic.
+float32, float64, bfloat16 and float16 run fused: a full-shape noise field (plain dropout and
+its backward) generates and applies the mask in one pass; a broadcast field (spatial, timestep,
+noise_shape) is drawn once (it is small) and applied in one pass. 16-bit alpha dropout draws the
+keep field here and applies it with ``torch_ref``'s ``torch.where`` expression, so both backends
+share that arithmetic.
 """
 
 from __future__ import annotations
 
 import math
 
+import llvmlite.binding as llvm_binding
 import numba as nb
 import numpy as np
 import torch
@@ -121,30 +122,49 @@ def _f32_to_bits(typingctx, value):
     return types.uint32(types.float32), codegen
 
 
+@intrinsic
+def _f32_from_f16_bits(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _f16_bits_from_f32(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
 @nb.njit(inline="always", cache=True)
-def _bf16_mul(h, scale):
-    """bfloat16 bits ``h`` times a float32 ``scale``, rounded to nearest even (NaN -> 0x7FC0)."""
+def _half_mul(h, scale, f16):
+    """16-bit float bits ``h`` (float16 if ``f16`` else bfloat16) times a float32 ``scale``,
+    rounded to nearest even, as bits. float16 uses LLVM's half conversions (F16C)."""
+    if f16:
+        return _f16_bits_from_f32(_f32_from_f16_bits(h) * scale)
     b = _f32_to_bits(_f32_from_bits(np.uint32(h) << np.uint32(16)) * scale)
     rounded = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> 16)
     return np.uint16(0x7FC0) if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded
 
 
 @nb.njit(cache=True)
-def _apply_lanes_bf16(xs, os_, lanes, tt, scale, fill):
+def _apply_lanes_half(xs, os_, lanes, tt, scale, fill, f16):
     for j in range(xs.size):
-        os_[j] = _bf16_mul(xs[j], scale) if lanes[j] >= tt else fill
+        os_[j] = _half_mul(xs[j], scale, f16) if lanes[j] >= tt else fill
 
 
 @nb.njit(cache=True)
-def _apply_row_bf16(xs, os_, keep, shared, scale, fill):
+def _apply_row_half(xs, os_, keep, shared, scale, fill, f16):
     if shared and not keep[0]:
         os_[:] = fill
     elif shared:
         for j in range(xs.size):
-            os_[j] = _bf16_mul(xs[j], scale)
+            os_[j] = _half_mul(xs[j], scale, f16)
     else:
         for j in range(xs.size):
-            os_[j] = _bf16_mul(xs[j], scale) if keep[j] else fill
+            os_[j] = _half_mul(xs[j], scale, f16) if keep[j] else fill
 
 
 @nb.njit(cache=True)
@@ -162,8 +182,8 @@ def _fused_range(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplac
 
 
 @nb.njit(cache=True)
-def _fused_range_bf16(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplace):
-    """:func:`_fused_range` on bfloat16 bits (``shift`` must be 0; ``fill`` is bfloat16 bits)."""
+def _fused_range_half(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplace, f16):
+    """:func:`_fused_range` on 16-bit float bits (``shift`` must be 0; ``fill`` is bits)."""
     n = x.size
     words = np.empty(_TILE * 4, dtype=np.uint32)
     lanes = words.view(np.uint16)
@@ -173,7 +193,7 @@ def _fused_range_bf16(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, i
         i0 = first * 8
         m = min(_TILE * 8, n - i0)
         xs = x[i0:i0 + m].copy() if inplace else x[i0:i0 + m]
-        _apply_lanes_bf16(xs, out[i0:i0 + m], lanes[:m], tt, scale, fill)
+        _apply_lanes_half(xs, out[i0:i0 + m], lanes[:m], tt, scale, fill, f16)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -187,13 +207,13 @@ def _fused(x, out, k0, k1, tt, scale, shift, fill, inplace):
 
 
 @nb.njit(parallel=True, cache=True)
-def _fused_bf16(x, out, k0, k1, tt, scale, shift, fill, inplace):
-    """:func:`_fused` for bfloat16 data held as uint16."""
+def _fused_half(x, out, k0, k1, tt, scale, shift, fill, inplace, f16):
+    """:func:`_fused` for float16/bfloat16 data held as uint16."""
     n_blocks = (x.size + 7) // 8
     for c in nb.prange((n_blocks + _ITEM - 1) // _ITEM):
         start = np.int64(c) * _ITEM
         stop = min(start + _ITEM, n_blocks)
-        _fused_range_bf16(x, out, start, stop, k0, k1, tt, scale, shift, fill, inplace)
+        _fused_range_half(x, out, start, stop, k0, k1, tt, scale, shift, fill, inplace, f16)
 
 
 @nb.njit(cache=True)
@@ -246,9 +266,9 @@ def _broadcast_range(x, out, keep, sizes, field_strides, r_start, r_stop, scale,
 
 
 @nb.njit(cache=True)
-def _broadcast_range_bf16(x, out, keep, sizes, field_strides, r_start, r_stop, scale, shift,
-                          fill, inplace):
-    """:func:`_broadcast_range` on bfloat16 bits (``shift`` must be 0; ``fill`` is bits)."""
+def _broadcast_range_half(x, out, keep, sizes, field_strides, r_start, r_stop, scale, shift,
+                          fill, inplace, f16):
+    """:func:`_broadcast_range` on 16-bit float bits (``shift`` must be 0; ``fill`` is bits)."""
     row_len = sizes[-1]
     shared = field_strides[-1] == 0
     k_len = 1 if shared else row_len
@@ -256,7 +276,8 @@ def _broadcast_range_bf16(x, out, keep, sizes, field_strides, r_start, r_stop, s
         base = _row_base(row, sizes, field_strides)
         i0 = row * row_len
         xs = x[i0:i0 + row_len].copy() if inplace else x[i0:i0 + row_len]
-        _apply_row_bf16(xs, out[i0:i0 + row_len], keep[base:base + k_len], shared, scale, fill)
+        _apply_row_half(xs, out[i0:i0 + row_len], keep[base:base + k_len], shared, scale, fill,
+                        f16)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -276,15 +297,15 @@ def _broadcast(x, out, keep, sizes, field_strides, rows_per_item, scale, shift, 
 
 
 @nb.njit(parallel=True, cache=True)
-def _broadcast_bf16(x, out, keep, sizes, field_strides, rows_per_item, scale, shift, fill,
-                    inplace):
-    """:func:`_broadcast` for bfloat16 data held as uint16."""
+def _broadcast_half(x, out, keep, sizes, field_strides, rows_per_item, scale, shift, fill,
+                    inplace, f16):
+    """:func:`_broadcast` for float16/bfloat16 data held as uint16."""
     n_rows = x.size // sizes[-1]
     for c in nb.prange((n_rows + rows_per_item - 1) // rows_per_item):
         start = np.int64(c) * rows_per_item
         stop = min(start + rows_per_item, n_rows)
-        _broadcast_range_bf16(x, out, keep, sizes, field_strides, start, stop, scale, shift,
-                              fill, inplace)
+        _broadcast_range_half(x, out, keep, sizes, field_strides, start, stop, scale, shift,
+                              fill, inplace, f16)
 
 
 def _sync_threads() -> None:
@@ -316,13 +337,19 @@ def normal_field(key: tuple[int, int], count: int, device=None) -> torch.Tensor:
     return torch_ref.normal_field(key, count)
 
 
-# dtype -> (NumPy view dtype, compute dtype, kernels: fused, fused serial, broadcast, serial)
+# float16 uses LLVM's half <-> float conversions, which need the F16C instructions to stay inline.
+_HAS_F16C = "f16c" in llvm_binding.get_host_cpu_features().flatten()
+
+# dtype -> (NumPy view, compute dtype, extra args, kernels: fused, fused serial, broadcast, serial)
+_FLOAT_KERNELS = (_fused, _fused_range, _broadcast, _broadcast_range)
+_HALF_KERNELS = (_fused_half, _fused_range_half, _broadcast_half, _broadcast_range_half)
 _KERNELS = {
-    torch.float32: (np.float32, np.float32, _fused, _fused_range, _broadcast, _broadcast_range),
-    torch.float64: (np.float64, np.float64, _fused, _fused_range, _broadcast, _broadcast_range),
-    torch.bfloat16: (np.uint16, np.float32, _fused_bf16, _fused_range_bf16, _broadcast_bf16,
-                     _broadcast_range_bf16),
+    torch.float32: (np.float32, np.float32, (), *_FLOAT_KERNELS),
+    torch.float64: (np.float64, np.float64, (), *_FLOAT_KERNELS),
+    torch.bfloat16: (np.uint16, np.float32, (False,), *_HALF_KERNELS),
 }
+if _HAS_F16C:
+    _KERNELS[torch.float16] = (np.uint16, np.float32, (True,), *_HALF_KERNELS)
 
 
 def _collapse(shape, noise_shape) -> tuple[np.ndarray, np.ndarray]:
@@ -350,7 +377,7 @@ def _collapse(shape, noise_shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _flat_numpy(t: torch.Tensor, view_dtype) -> np.ndarray:
-    """A flat NumPy view of a contiguous tensor; bfloat16 is seen as uint16 bits."""
+    """A flat NumPy view of a contiguous tensor; 16-bit floats are seen as uint16 bits."""
     flat = t.detach().reshape(-1)
     if view_dtype is np.uint16:
         return flat.view(torch.int16).numpy().view(np.uint16)
@@ -370,16 +397,16 @@ def apply(
     """``where(keep, x * scale + shift, fill)`` with the keep field broadcast from ``noise_shape``.
 
     Same contract and bits as :func:`dropkit.kernels.torch_ref.apply`; ``out`` (contiguous) may
-    alias ``x`` for in-place use. float32, float64 and bfloat16 run fused here (bfloat16 with a
-    shift, i.e. alpha dropout, rounds twice and is left to the shared path); float16 draws the
-    keep field here and shares ``torch_ref``'s arithmetic.
+    alias ``x`` for in-place use. float32, float64, bfloat16 and (with F16C) float16 run fused
+    here; 16-bit alpha dropout (a shift, rounded twice) draws the keep field here and shares
+    ``torch_ref``'s arithmetic.
     """
     kernels = _KERNELS.get(x.dtype)
     field_size = math.prod(noise_shape)
-    if kernels is None or t >= rng.LANE_RANGE or (x.dtype == torch.bfloat16 and shift != 0.0):
+    if kernels is None or t >= rng.LANE_RANGE or (kernels[0] is np.uint16 and shift != 0.0):
         keep = keep_field(key, t, field_size)
         return torch_ref.apply_keep(x, keep.reshape(noise_shape), scale, shift, fill, out=out)
-    view_dtype, compute, fused, fused_serial, broadcast, broadcast_serial = kernels
+    view_dtype, compute, extra, fused, fused_serial, broadcast, broadcast_serial = kernels
     src = x.contiguous()
     if out is None:
         out = torch.empty_like(src, memory_format=torch.contiguous_format)
@@ -387,12 +414,12 @@ def apply(
     if n == 0:
         return out
     xs, os_ = _flat_numpy(src, view_dtype), _flat_numpy(out, view_dtype)
-    if view_dtype is np.uint16:  # bfloat16: the fill value is passed as its bits
-        fill_value = torch.tensor(fill, dtype=torch.bfloat16).view(torch.int16).item() & 0xFFFF
-        fill_arg = np.uint16(fill_value)
+    if view_dtype is np.uint16:  # 16-bit floats: the fill value is passed as its bits
+        fill_arg = np.uint16(torch.tensor(fill, dtype=x.dtype).view(torch.int16).item() & 0xFFFF)
     else:
         fill_arg = compute(fill)
-    consts = (compute(scale), compute(shift), fill_arg, xs.ctypes.data == os_.ctypes.data)
+    inplace = xs.ctypes.data == os_.ctypes.data
+    consts = (compute(scale), compute(shift), fill_arg, inplace, *extra)
     parallel = n > _ITEM * 8
     _sync_threads()
     if tuple(noise_shape) == tuple(x.shape):
