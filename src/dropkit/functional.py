@@ -97,7 +97,7 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace) -> Tensor:
     return input
 
 
-def _dropout_impl(fn, input, p, training, inplace, mode, noise_shape, seed, generator) -> Tensor:
+def _dropout_impl(input, p, training, inplace, mode, noise_shape, seed, generator) -> Tensor:
     t = rng.threshold(p)
     if t == 0 or input.numel() == 0:
         return input
@@ -172,7 +172,7 @@ def dropout(
     p = _check_common(fn, input, p, training, inplace, seed, generator)
     v.check_choice(fn, "mode", mode, v.MODES)
     shape = v.resolve_noise_shape(fn, tuple(input.shape), noise_shape)
-    return _dropout_impl(fn, input, p, training, inplace, mode, shape, seed, generator)
+    return _dropout_impl(input, p, training, inplace, mode, shape, seed, generator)
 
 
 def _spatial(spatial_dims: int):
@@ -193,7 +193,7 @@ def _spatial(spatial_dims: int):
         p = _check_common(name, input, p, training, inplace, seed, generator)
         v.check_choice(name, "mode", mode, v.MODES)
         shape = v.spatial_noise_shape(name, tuple(input.shape), spatial_dims, data_format)
-        return _dropout_impl(name, input, p, training, inplace, mode, shape, seed, generator)
+        return _dropout_impl(input, p, training, inplace, mode, shape, seed, generator)
 
     spatial_dropout.__name__ = spatial_dropout.__qualname__ = name
     spatial_dropout.__doc__ = f"""Drop whole channels of a {spatial_dims}D feature map.
@@ -277,7 +277,7 @@ def timestep_dropout(
     p = _check_common(fn, input, p, training, inplace, seed, generator)
     v.check_choice(fn, "mode", mode, v.MODES)
     shape = v.timestep_noise_shape(fn, tuple(input.shape))
-    return _dropout_impl(fn, input, p, training, inplace, mode, shape, seed, generator)
+    return _dropout_impl(input, p, training, inplace, mode, shape, seed, generator)
 
 
 def gaussian_dropout(

@@ -33,6 +33,7 @@ _M1 = np.uint64(rng.PHILOX_M1)
 _W0 = np.uint32(rng.PHILOX_W0)
 _W1 = np.uint32(rng.PHILOX_W1)
 _S32 = np.uint64(32)
+_ROUNDS = rng.PHILOX_ROUNDS
 _TILE = 1024  # Philox blocks generated per buffer fill (8192 decisions)
 _ITEM = 16 * _TILE  # blocks per parallel work item: fixed, never "one per thread"
 
@@ -40,7 +41,7 @@ _ITEM = 16 * _TILE  # blocks per parallel work item: fixed, never "one per threa
 @nb.njit(inline="always", cache=True)
 def _philox(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 on uint32 scalars; written branch-free so LLVM vectorizes the tile loop."""
-    for r in range(10):
+    for r in range(_ROUNDS):
         if r:
             k0 = np.uint32(k0 + _W0)
             k1 = np.uint32(k1 + _W1)
@@ -70,15 +71,12 @@ def _fill_tile(words, first_block, n_blocks, stream, k0, k1):
 
 # Each parallel work item covers a fixed range of blocks (or rows); inside it, tiles of _TILE
 # blocks are generated into a small buffer and applied. Work that fits in one item runs serially
-# (no parallel launch). Loops index through slices passed to small helpers: that lets LLVM
-# vectorize them, which indexing x[i0 + j] does not. In place, a tile is read from a private copy,
-# since aliased slices defeat vectorization too. bfloat16 data is handled as uint16 bits: each
-# element is widened to float32 (a bit cast), multiplied, and rounded back to nearest even, as
-# torch's bfloat16 arithmetic does (NaN payloads are not specified).
-
-
-# The innermost loops are tiny functions of their own, one per case: a loop that sits next to
-# other branches in one function is compiled less well (measured: 1.5x slower for spatial rows).
+# (no parallel launch). The innermost loops are tiny functions of their own, one per case, that
+# index through slices: LLVM vectorizes those, but not x[i0 + j] indexing nor a loop that sits
+# next to other branches (measured: 1.5x slower for spatial rows). In place, a tile is read from
+# a private copy, since aliased slices defeat vectorization too. 16-bit floats are handled as
+# uint16 bits: each element is widened to float32 (a bit cast, or F16C for float16), multiplied,
+# and rounded back to nearest even, as torch's 16-bit arithmetic does (NaN payloads unspecified).
 
 
 @nb.njit(cache=True)
