@@ -6,9 +6,19 @@
 [2.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
 """
 
-from . import functional, nn, rng
+from . import functional, nn, rng, schedules
 from .kernels import get_backend, set_backend
+from .schedules import depth_rates
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "functional", "get_backend", "nn", "rng", "set_backend"]
+__all__ = [
+    "__version__",
+    "depth_rates",
+    "functional",
+    "get_backend",
+    "nn",
+    "rng",
+    "schedules",
+    "set_backend",
+]

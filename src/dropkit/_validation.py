@@ -22,13 +22,14 @@ def _received(value: object) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def check_p(fn: str, p: object) -> float:
-    """``p`` as a float in [0, 1]; rejects bools, strings, tensors, NaN and out-of-range values."""
+def check_p(fn: str, p: object, name: str = "p") -> float:
+    """A probability as a float in [0, 1]; rejects bools, strings, tensors, NaN and
+    out-of-range values."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{fn}: `p` must be a real number in [0, 1], got {_received(p)}.")
+        raise TypeError(f"{fn}: `{name}` must be a real number in [0, 1], got {_received(p)}.")
     value = float(p)
     if not 0.0 <= value <= 1.0:  # also rejects NaN, and traces under torch.compile
-        raise ValueError(f"{fn}: `p` must be in [0, 1], got {p!r}.")
+        raise ValueError(f"{fn}: `{name}` must be in [0, 1], got {p!r}.")
     return value
 
 

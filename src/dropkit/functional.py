@@ -32,6 +32,7 @@ from . import _validation as v
 
 __all__ = [
     "alpha_dropout",
+    "drop_path",
     "dropout",
     "gaussian_dropout",
     "spatial_dropout1d",
@@ -378,3 +379,71 @@ def alpha_dropout(
     shift = _SELU_ALPHA * a * q
     fill = -_SELU_ALPHA * a + shift
     return _run(input, draw_key(seed, generator), t, shape, a, shift, fill, inplace)
+
+
+DROP_PATH_MODES = ("row", "batch")
+
+
+def drop_path(
+    input: Tensor,
+    p: float,
+    training: bool = True,
+    *,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Stochastic depth: drop whole samples of a residual branch (DropPath).
+
+    Use it on the residual branch, ``x + drop_path(block(x), p)``: a dropped sample skips the
+    block. ``mode="row"`` draws one decision per sample (noise shape ``(N, 1, ..., 1)``, timm's
+    ``DropPath`` and torchvision's ``StochasticDepth(mode="row")``); ``mode="batch"`` one decision
+    for the whole batch (torchvision's ``mode="batch"``, the original paper).
+
+    Unlike timm's ``drop_path``, ``training`` defaults to ``True`` here, as in every
+    ``torch.nn.functional`` function: calling the function means applying it.
+
+    Args:
+        input: Batch ``(N, *)`` of residual-branch outputs.
+        p: Probability of dropping a sample (or the batch), in ``[0, 1]``.
+        training: Apply DropPath if ``True``; identity otherwise.
+        mode: ``"row"`` or ``"batch"``.
+        scale_by_keep: Scale kept samples by ``1 / (1 - p)`` (the default, as timm and
+            torchvision do); ``False`` leaves them unscaled.
+        seed: Fixes the decisions: an int in ``[0, 2**64)``.
+        generator: Draws the seed when ``seed`` is not given.
+
+    Shape:
+        - Input: ``(N, *)``, at least one dimension. Output: same shape.
+
+    Raises:
+        TypeError: As :func:`dropout`, or ``scale_by_keep`` not a bool.
+        ValueError: As :func:`dropout`, an unknown ``mode``, or a 0-dimensional input.
+
+    Example:
+        >>> import torch, dropkit.functional as DF
+        >>> y = DF.drop_path(torch.ones(6, 3), 0.5, seed=0)
+        >>> y[:, 0].tolist(), bool((y == y[:, :1]).all())
+        ([2.0, 0.0, 2.0, 2.0, 2.0, 2.0], True)
+
+    Reference:
+        Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016.
+    """
+    fn = "drop_path"
+    p = _check_common(fn, input, p, training, False, seed, generator)
+    v.check_choice(fn, "mode", mode, DROP_PATH_MODES)
+    v.check_bool(fn, "scale_by_keep", scale_by_keep)
+    if input.dim() == 0:
+        raise ValueError(
+            f"{fn}: expected an input (N, *) with a batch dimension, got a 0D tensor."
+        )
+    lead = input.shape[0] if mode == "row" else 1
+    noise_shape = (lead,) + (1,) * (input.dim() - 1)
+    t = rng.threshold(p)
+    if not training or t == 0 or input.numel() == 0:
+        return input
+    if t == rng.LANE_RANGE:
+        return _run(input, _NO_KEY, t, noise_shape, 0.0, 0.0, 0.0, False)
+    scale = rng.inverted_scale(t) if scale_by_keep else 1.0
+    return _run(input, draw_key(seed, generator), t, noise_shape, scale, 0.0, 0.0, False)

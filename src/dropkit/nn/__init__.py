@@ -1,6 +1,7 @@
 """Modules of the dropout family: each stores its settings, validates them at construction with
 the same checks as :mod:`dropkit.functional`, and calls one function in ``forward``."""
 
+from .drop_path import DropPath
 from .dropout import (
     AlphaDropout,
     Dropout,
@@ -13,6 +14,7 @@ from .dropout import (
 
 __all__ = [
     "AlphaDropout",
+    "DropPath",
     "Dropout",
     "GaussianDropout",
     "SpatialDropout1d",

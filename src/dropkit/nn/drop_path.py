@@ -1,0 +1,44 @@
+"""``DropPath``: stochastic depth for residual branches (Huang et al., 2016)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .. import _validation as v
+from .. import functional as F
+
+
+class DropPath(nn.Module):
+    """Drop whole samples (``mode="row"``) or the whole batch (``mode="batch"``) of a residual
+    branch; see :func:`dropkit.functional.drop_path`.
+
+    Args:
+        p: Probability of dropping, in ``[0, 1]``. Default 0 (as timm's ``DropPath``), so a
+            schedule such as :func:`dropkit.depth_rates` sets it per block.
+        mode: ``"row"`` (one decision per sample) or ``"batch"``.
+        scale_by_keep: Scale kept samples by ``1 / (1 - p)``.
+
+    Example:
+        >>> import torch, dropkit
+        >>> dropkit.nn.DropPath(0.1)
+        DropPath(p=0.1, mode='row', scale_by_keep=True)
+        >>> dropkit.nn.DropPath(0.1).eval()(torch.ones(2, 3)).tolist()
+        [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    """
+
+    def __init__(self, p: float = 0.0, *, mode: str = "row", scale_by_keep: bool = True) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.p = v.check_p(name, p)
+        self.mode = v.check_choice(name, "mode", mode, F.DROP_PATH_MODES)
+        self.scale_by_keep = v.check_bool(name, "scale_by_keep", scale_by_keep)
+
+    def forward(
+        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return F.drop_path(input, self.p, self.training, mode=self.mode,
+                           scale_by_keep=self.scale_by_keep, seed=seed, generator=generator)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}"
