@@ -73,11 +73,6 @@ BAD_P = [
     (True, TypeError, "`p` must be a real number in [0, 1], got bool True."),
     (False, TypeError, "`p` must be a real number in [0, 1], got bool False."),
     (None, TypeError, "`p` must be a real number in [0, 1], got NoneType None."),
-    (
-        torch.tensor(0.5),
-        TypeError,
-        "`p` must be a real number in [0, 1], got Tensor tensor(0.5000).",
-    ),
     (0.5j, TypeError, "`p` must be a real number in [0, 1], got complex 0.5j."),
     ([0.5], TypeError, "`p` must be a real number in [0, 1], got list [0.5]."),
     (float("nan"), ValueError, "`p` must be in [0, 1], got nan."),
@@ -107,6 +102,28 @@ def test_module_bad_p(cls, p, exc, message):
         CLASSES[cls](p)
     with raises(exc, f"{cls}: {message}"):
         CLASSES[cls](p=p)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_function_tensor_p_must_be_a_0dim_floating_tensor(name):
+    for bad, desc in ((torch.tensor([0.5]), "shape (1,) and dtype torch.float32"),
+                      (torch.tensor(1), "shape () and dtype torch.int64")):
+        with raises(TypeError, f"{name}: `p` must be a real number in [0, 1] or a 0-dim "
+                    f"floating tensor, got a tensor of {desc}."):
+            FUNCS[name](torch.ones(SHAPES[name]), bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_function_tensor_p_out_of_range_fails_when_the_op_runs(name):
+    with raises(ValueError, "dropkit: `p` must be in [0, 1], got 1.5."):
+        FUNCS[name](torch.ones(SHAPES[name]), torch.tensor(1.5))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_module_p_must_be_a_number_not_a_tensor(cls):
+    with raises(TypeError, f"{cls}: `p` must be a real number in [0, 1], got Tensor "
+                "tensor(0.5000)."):
+        CLASSES[cls](torch.tensor(0.5))
 
 
 def test_valid_p_values_are_accepted():

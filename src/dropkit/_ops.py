@@ -9,17 +9,26 @@ see one opaque, well-described operation per call instead of Python control flow
 * ``dropkit::gaussian_mul(x, key, std)`` computes ``x * (1 + std * z)``, z standard normal, in the
   compute dtype (float32, or float64 for float64 inputs); its backward is the same op on the
   gradient.
+* ``dropkit::rate_op(x, key, p, noise_shape, kind)`` is the same family with the drop rate given
+  as a 0-dim tensor: the op reads it at run time, so a compiled graph does not guard on its value
+  and a schedule can change it every step without recompiling. ``kind`` names the variant; the
+  op turns ``p`` into ``(threshold, scale, shift, fill)`` with :func:`dropkit.rng.affine_params`,
+  the same arithmetic as the float path.
 
 The output of the out-of-place ops is always contiguous.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from . import kernels, rng
 from .kernels import torch_ref
+
+KINDS = ("inverted", "unscaled", "eval", "alpha", "gaussian")
 
 
 def _key(key: Tensor) -> tuple[int, int]:
@@ -115,3 +124,60 @@ def _gaussian_backward(ctx, grad):
 
 
 gaussian_mul.register_autograd(_gaussian_backward, setup_context=_gaussian_setup)
+
+
+def _rate(p: Tensor) -> float:
+    value = float(p.item())
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"dropkit: `p` must be in [0, 1], got {value!r}.")
+    return value
+
+
+@torch.library.custom_op("dropkit::rate_op", mutates_args=())
+def rate_op(x: Tensor, key: Tensor, p: Tensor, noise_shape: list[int], kind: str) -> Tensor:
+    rate = _rate(p)
+    if kind == "gaussian":
+        if rate == 1.0:
+            return torch.zeros_like(x, memory_format=torch.contiguous_format)
+        return gaussian_mul(x, key, math.sqrt(rate / (1.0 - rate)))
+    t, scale, shift, fill = rng.affine_params(kind, rate)
+    return masked_affine(x, key, t, noise_shape, scale, shift, fill)
+
+
+@rate_op.register_fake
+def _(x, key, p, noise_shape, kind):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("dropkit::rate_op_backward", mutates_args=())
+def rate_op_backward(
+    grad: Tensor, key: Tensor, p: Tensor, noise_shape: list[int], kind: str
+) -> Tensor:
+    """Gradient of :func:`rate_op`: the same decisions, times the scale, no shift or fill."""
+    rate = _rate(p)
+    if kind == "gaussian":
+        return rate_op(grad, key, p, noise_shape, kind)
+    t, scale, _, _ = rng.affine_params(kind, rate)
+    return masked_affine(grad, key, t, noise_shape, scale, 0.0, 0.0)
+
+
+@rate_op_backward.register_fake
+def _(grad, key, p, noise_shape, kind):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+def _rate_setup(ctx, inputs, output):
+    _, key, p, noise_shape, kind = inputs
+    ctx.save_for_backward(key, p)
+    ctx.params = (noise_shape, kind)
+
+
+def _rate_backward(ctx, grad):
+    key, p = ctx.saved_tensors
+    return rate_op_backward(grad, key, p, *ctx.params), None, None, None, None
+
+
+# Both ops are linear in their first input with the same mask and scale, so both have the same
+# backward: rate_op_backward again.
+rate_op.register_autograd(_rate_backward, setup_context=_rate_setup)
+rate_op_backward.register_autograd(_rate_backward, setup_context=_rate_setup)

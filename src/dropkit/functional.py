@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_SELU_ALPHA = 1.7580993408473766  # -SELU's negative saturation value (scale * alpha)
 
 
 def _check_input(fn: str, input: object) -> Tensor:
@@ -56,9 +55,21 @@ def _check_input(fn: str, input: object) -> Tensor:
     return input
 
 
-def _check_common(fn, input, p, training, inplace, seed, generator) -> float:
+def _check_rate(fn: str, p: object) -> float | Tensor:
+    """A float in [0, 1], or a 0-dim floating tensor (its value is checked when the op runs)."""
+    if isinstance(p, Tensor):
+        if p.dim() != 0 or not p.is_floating_point():
+            raise TypeError(
+                f"{fn}: `p` must be a real number in [0, 1] or a 0-dim floating tensor, got a "
+                f"tensor of shape {tuple(p.shape)} and dtype {p.dtype}."
+            )
+        return p
+    return v.check_p(fn, p)
+
+
+def _check_common(fn, input, p, training, inplace, seed, generator) -> float | Tensor:
     _check_input(fn, input)
-    p = v.check_p(fn, p)
+    p = _check_rate(fn, p)
     v.check_bool(fn, "training", training)
     v.check_bool(fn, "inplace", inplace)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -98,20 +109,27 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace) -> Tensor:
     return input
 
 
+def _run_rate(input, p, noise_shape, kind, inplace, seed, generator, draw=True) -> Tensor:
+    """The tensor-rate path: the op reads ``p`` at run time (no recompiles when it changes)."""
+    key = draw_key(seed, generator) if draw else torch.zeros(2, dtype=torch.int64)
+    out = _ops.rate_op(input, key, p, list(noise_shape), kind)
+    return input.copy_(out) if inplace else out
+
+
 def _dropout_impl(input, p, training, inplace, mode, noise_shape, seed, generator) -> Tensor:
-    t = rng.threshold(p)
-    if t == 0 or input.numel() == 0:
+    if input.numel() == 0 or (not training and mode == "inverted"):
         return input
-    if not training and mode == "inverted":
-        return input
+    kind = ("inverted" if mode == "inverted" else "unscaled") if training else "eval"
+    if isinstance(p, Tensor):
+        return _run_rate(input, p, noise_shape, kind, inplace, seed, generator, draw=training)
+    t, scale, _, _ = rng.affine_params(kind, p)
     if t == rng.LANE_RANGE:  # p_eff == 1: exact zeros, zero gradient, no RNG drawn
         return _run(input, _NO_KEY, t, noise_shape, 0.0, 0.0, 0.0, inplace)
+    if t == 0 and scale == 1.0:  # p_eff == 0
+        return input
     if not training:  # vanilla mode at eval time
-        keep = 1.0 - rng.effective_p(t)
-        return input.mul_(keep) if inplace else input * keep
-    scale = rng.inverted_scale(t) if mode == "inverted" else 1.0
-    key = draw_key(seed, generator)
-    return _run(input, key, t, noise_shape, scale, 0.0, 0.0, inplace)
+        return input.mul_(scale) if inplace else input * scale
+    return _run(input, draw_key(seed, generator), t, noise_shape, scale, 0.0, 0.0, inplace)
 
 
 def dropout(
@@ -318,7 +336,11 @@ def gaussian_dropout(
     """
     fn = "gaussian_dropout"
     p = _check_common(fn, input, p, training, inplace, seed, generator)
-    if not training or p == 0.0 or input.numel() == 0:
+    if not training or input.numel() == 0:
+        return input
+    if isinstance(p, Tensor):
+        return _run_rate(input, p, input.shape, "gaussian", inplace, seed, generator)
+    if p == 0.0:
         return input
     if p == 1.0:
         return _run(input, _NO_KEY, rng.LANE_RANGE, input.shape, 0.0, 0.0, 0.0, inplace)
@@ -369,16 +391,16 @@ def alpha_dropout(
     fn = "alpha_dropout"
     p = _check_common(fn, input, p, training, inplace, seed, generator)
     shape = v.resolve_noise_shape(fn, tuple(input.shape), noise_shape)
-    t = rng.threshold(p)
-    if not training or t == 0 or input.numel() == 0:
+    if not training or input.numel() == 0:
+        return input
+    if isinstance(p, Tensor):
+        return _run_rate(input, p, shape, "alpha", inplace, seed, generator)
+    t, scale, shift, fill = rng.affine_params("alpha", p)
+    if t == 0:
         return input
     if t == rng.LANE_RANGE:
         return _run(input, _NO_KEY, t, shape, 0.0, 0.0, 0.0, inplace)
-    q = rng.effective_p(t)
-    a = 1.0 / math.sqrt((_SELU_ALPHA**2 * q + 1.0) * (1.0 - q))
-    shift = _SELU_ALPHA * a * q
-    fill = -_SELU_ALPHA * a + shift
-    return _run(input, draw_key(seed, generator), t, shape, a, shift, fill, inplace)
+    return _run(input, draw_key(seed, generator), t, shape, scale, shift, fill, inplace)
 
 
 DROP_PATH_MODES = ("row", "batch")
@@ -440,10 +462,7 @@ def drop_path(
         )
     lead = input.shape[0] if mode == "row" else 1
     noise_shape = (lead,) + (1,) * (input.dim() - 1)
-    t = rng.threshold(p)
-    if not training or t == 0 or input.numel() == 0:
+    if not training:
         return input
-    if t == rng.LANE_RANGE:
-        return _run(input, _NO_KEY, t, noise_shape, 0.0, 0.0, 0.0, False)
-    scale = rng.inverted_scale(t) if scale_by_keep else 1.0
-    return _run(input, draw_key(seed, generator), t, noise_shape, scale, 0.0, 0.0, False)
+    mode = "inverted" if scale_by_keep else "unscaled"
+    return _dropout_impl(input, p, training, False, mode, noise_shape, seed, generator)

@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
-_SELU_ALPHA = 1.7580993408473766
 
 
 def _check(fn, x, p, training, seed, rng) -> tuple[np.ndarray, float]:
@@ -205,8 +204,6 @@ def alpha_dropout(
         return x
     if t == _rng.LANE_RANGE:
         return np.zeros_like(x)
-    q = _rng.effective_p(t)
-    a = 1.0 / math.sqrt((_SELU_ALPHA**2 * q + 1.0) * (1.0 - q))
-    shift = _SELU_ALPHA * a * q
+    _, scale, shift, fill = _rng.affine_params("alpha", p)
     keep = _rng.keep_field(shape, p, _seed(seed, rng))
-    return _masked_affine(x, keep, a, shift, -_SELU_ALPHA * a + shift)
+    return _masked_affine(x, keep, scale, shift, fill)

@@ -44,6 +44,7 @@ __all__ = [
     "STREAM_BERNOULLI",
     "STREAM_NORMAL",
     "ArrayOps",
+    "affine_params",
     "box_muller",
     "effective_p",
     "inverted_scale",
@@ -112,6 +113,34 @@ def inverted_scale(t: int) -> float:
     float16, bfloat16 and float32 inputs; float64 for float64 inputs).
     """
     return 0.0 if t >= LANE_RANGE else LANE_RANGE / (LANE_RANGE - t)
+
+
+_SELU_ALPHA = 1.7580993408473766  # -SELU's negative saturation value (scale * alpha)
+
+
+def affine_params(kind: str, p: float) -> tuple[int, float, float, float]:
+    """``(threshold, scale, shift, fill)`` of variant ``kind`` at drop rate ``p``.
+
+    ``"inverted"``: kept values times ``1 / (1 - p_eff)``; ``"unscaled"``: kept values as they
+    are (vanilla dropout in training, DropPath without ``scale_by_keep``); ``"eval"``: nothing
+    dropped, everything times ``1 - p_eff`` (vanilla dropout at eval time); ``"alpha"``: alpha
+    dropout's affine map. ``p_eff = 1`` always gives zeros.
+    """
+    t = threshold(p)
+    if t >= LANE_RANGE:
+        return LANE_RANGE, 0.0, 0.0, 0.0
+    if kind == "inverted":
+        return t, inverted_scale(t), 0.0, 0.0
+    if kind == "unscaled":
+        return t, 1.0, 0.0, 0.0
+    if kind == "eval":
+        return 0, 1.0 - effective_p(t), 0.0, 0.0
+    if kind == "alpha":
+        q = effective_p(t)
+        a = 1.0 / math.sqrt((_SELU_ALPHA**2 * q + 1.0) * (1.0 - q))
+        shift = _SELU_ALPHA * a * q
+        return t, a, shift, -_SELU_ALPHA * a + shift
+    raise ValueError(f"unknown kind {kind!r}")
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = PHILOX_ROUNDS):

@@ -1,6 +1,7 @@
 """Modules of the dropout family: each stores its settings, validates them at construction with
 the same checks as :mod:`dropkit.functional`, and calls one function in ``forward``."""
 
+from ._rate import RateModule
 from .drop_path import DropPath
 from .dropout import (
     AlphaDropout,
@@ -17,6 +18,7 @@ __all__ = [
     "DropPath",
     "Dropout",
     "GaussianDropout",
+    "RateModule",
     "SpatialDropout1d",
     "SpatialDropout2d",
     "SpatialDropout3d",

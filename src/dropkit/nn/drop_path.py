@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _validation as v
 from .. import functional as F
+from ._rate import RateModule
 
 
-class DropPath(nn.Module):
+class DropPath(RateModule):
     """Drop whole samples (``mode="row"``) or the whole batch (``mode="batch"``) of a residual
     branch; see :func:`dropkit.functional.drop_path`.
 
@@ -28,16 +29,15 @@ class DropPath(nn.Module):
     """
 
     def __init__(self, p: float = 0.0, *, mode: str = "row", scale_by_keep: bool = True) -> None:
-        super().__init__()
+        super().__init__(p)
         name = type(self).__name__
-        self.p = v.check_p(name, p)
         self.mode = v.check_choice(name, "mode", mode, F.DROP_PATH_MODES)
         self.scale_by_keep = v.check_bool(name, "scale_by_keep", scale_by_keep)
 
     def forward(
         self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        return F.drop_path(input, self.p, self.training, mode=self.mode,
+        return F.drop_path(input, self._rate(), self.training, mode=self.mode,
                            scale_by_keep=self.scale_by_keep, seed=seed, generator=generator)
 
     def extra_repr(self) -> str:

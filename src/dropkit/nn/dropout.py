@@ -2,7 +2,8 @@
 
 Each module registers no parameters or buffers (its ``state_dict`` is empty, as for
 ``torch.nn.Dropout``), follows ``train()``/``eval()``, and accepts ``seed=``/``generator=`` in
-``forward`` to fix or draw its mask.
+``forward`` to fix or draw its mask. ``p`` can be changed at any time (see
+:class:`dropkit.nn.RateModule`), also under ``torch.compile`` without recompiling.
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _validation as v
 from .. import functional as F
+from ._rate import RateModule
 
 
-class _DropoutNd(nn.Module):
+class _DropoutNd(RateModule):
     """Shared settings: ``p`` and ``inplace``, checked at construction."""
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
-        name = type(self).__name__
-        self.p = v.check_p(name, p)
-        self.inplace = v.check_bool(name, "inplace", inplace)
+        super().__init__(p)
+        self.inplace = v.check_bool(type(self).__name__, "inplace", inplace)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
@@ -76,7 +76,7 @@ class Dropout(_ModeDropout):
     def forward(
         self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        return F.dropout(input, self.p, self.training, self.inplace, mode=self.mode,
+        return F.dropout(input, self._rate(), self.training, self.inplace, mode=self.mode,
                          noise_shape=self.noise_shape, seed=seed, generator=generator)
 
     def extra_repr(self) -> str:
@@ -103,7 +103,7 @@ class _SpatialDropout(_ModeDropout):
     def forward(
         self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        return self._function(input, self.p, self.training, self.inplace,
+        return self._function(input, self._rate(), self.training, self.inplace,
                               data_format=self.data_format, mode=self.mode, seed=seed,
                               generator=generator)
 
@@ -168,7 +168,7 @@ class TimestepDropout(_ModeDropout):
     def forward(
         self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        return F.timestep_dropout(input, self.p, self.training, self.inplace, mode=self.mode,
+        return F.timestep_dropout(input, self._rate(), self.training, self.inplace, mode=self.mode,
                                   seed=seed, generator=generator)
 
 
@@ -185,7 +185,7 @@ class GaussianDropout(_DropoutNd):
     def forward(
         self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        return F.gaussian_dropout(input, self.p, self.training, self.inplace, seed=seed,
+        return F.gaussian_dropout(input, self._rate(), self.training, self.inplace, seed=seed,
                                   generator=generator)
 
 
@@ -215,7 +215,7 @@ class AlphaDropout(_DropoutNd):
     def forward(
         self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        return F.alpha_dropout(input, self.p, self.training, self.inplace,
+        return F.alpha_dropout(input, self._rate(), self.training, self.inplace,
                                noise_shape=self.noise_shape, seed=seed, generator=generator)
 
     def extra_repr(self) -> str:
