@@ -1,12 +1,22 @@
-"""depth_rates: the named conventions, stage-wise depths, errors."""
+"""depth_rates (named conventions, stage-wise depths) and schedules over training time."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
 
 import dropkit
-from dropkit.schedules import depth_rates
+from dropkit.schedules import (
+    Constant,
+    Cosine,
+    Linear,
+    RateScheduler,
+    Step,
+    Warmup,
+    depth_rates,
+)
 
 
 def test_linear_is_the_stochastic_depth_papers_l_over_L():
@@ -71,3 +81,114 @@ def test_top_level_export():
 def test_errors(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         depth_rates(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules over training time
+
+
+
+def test_linear_ramps_after_the_delay_and_holds():
+    sched = Linear(0.1, 0.5, steps=4, delay=2)
+    assert [sched(s) for s in range(8)] == pytest.approx(
+        [0.1, 0.1, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5]
+    )
+
+
+def test_cosine_is_monotone_between_its_ends():
+    sched = Cosine(0.0, 0.3, steps=50)
+    values = [sched(s) for s in range(60)]
+    assert values[0] == 0.0 and values[-1] == pytest.approx(0.3)
+    assert all(b >= a for a, b in itertools.pairwise(values))
+    assert sched(25) == pytest.approx(0.15)
+
+
+def test_step_and_warmup():
+    sched = Step((0.0, 0.1, 0.3), milestones=(10, 20))
+    assert [sched(s) for s in (0, 9, 10, 19, 20, 100)] == [0.0, 0.0, 0.1, 0.1, 0.3, 0.3]
+    warm = Warmup(Linear(0.0, 0.4, steps=100), steps=10)
+    assert warm(5) == pytest.approx(0.5 * 0.02)
+    assert warm(50) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: Linear(0.0, 1.5, steps=3), ValueError, r"^Linear: `end` must be in \[0, 1\]"),
+        (lambda: Linear(0.0, 0.5, steps=0), ValueError, r"^Linear: `steps` must be an int >= 1"),
+        (lambda: Cosine(0.0, 0.5, steps=2.5), TypeError, r"^Cosine: `steps` must be an int >= 1"),
+        (lambda: Constant(-0.1), ValueError, r"^Constant: `value` must be in \[0, 1\]"),
+        (lambda: Step((0.1,), milestones=(3,)), ValueError, r"^Step: `values` must have one"),
+        (lambda: Step((0.1, 0.2, 0.3), milestones=(5, 3)), ValueError, r"strictly increasing"),
+        (lambda: Warmup(0.1, steps=3), TypeError, r"^Warmup: `schedule` must be callable"),
+    ],
+)
+def test_schedule_errors(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def _model():
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 4),
+        dropkit.nn.Dropout(),
+        torch.nn.Dropout(0.3),  # torch's own: not driven
+        torch.nn.Sequential(dropkit.nn.DropPath(), dropkit.nn.SpatialDropout1d()),
+    )
+
+
+def test_scheduler_drives_every_dropkit_module_with_per_stage_scale():
+    model = _model()
+    sched = RateScheduler(model, Linear(0.0, 0.4, steps=4), scale={"3": 0.25, "3.1": 2.0})
+    assert sched.rates() == {"1": 0.0, "3.0": 0.0, "3.1": 0.0}
+    for _ in range(4):
+        sched.step()
+    assert sched.rates() == pytest.approx({"1": 0.4, "3.0": 0.1, "3.1": 0.8})
+    assert model[2].p == 0.3
+
+
+def test_scheduler_clamps_and_accepts_a_callable_scale_and_a_subset():
+    model = _model()
+    RateScheduler([model[1]], Constant(0.6), scale=lambda name, m: 3.0)
+    assert model[1].p == 1.0 and model[3][0].p == 0.0
+
+
+def test_scheduler_resume_continues_at_the_right_rate():
+    a, b = _model(), _model()
+    sched_a = RateScheduler(a, Cosine(0.0, 0.3, steps=20))
+    for _ in range(7):
+        sched_a.step()
+    state = sched_a.state_dict()
+    sched_b = RateScheduler(b, Cosine(0.0, 0.3, steps=20))
+    sched_b.load_state_dict(state)
+    assert sched_b.rates() == sched_a.rates()
+    sched_a.step()
+    sched_b.step()
+    assert sched_b.rates() == sched_a.rates() and sched_b.steps == 8
+
+
+def test_scheduler_errors():
+    with pytest.raises(ValueError, match=r"^RateScheduler: found no dropkit module to drive\.$"):
+        RateScheduler(torch.nn.Linear(2, 2), Constant(0.1))
+    with pytest.raises(TypeError, match=r"^RateScheduler: `modules\[0\]` must be a dropkit"):
+        RateScheduler([torch.nn.Dropout()], Constant(0.1))
+    with pytest.raises(ValueError, match=r"^RateScheduler: the scale of module '1' must be"):
+        RateScheduler(_model(), Constant(0.1), scale={"1": -1.0})
+    with pytest.raises(TypeError, match=r"^RateScheduler: `schedule` must be callable"):
+        RateScheduler(_model(), 0.1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_stepping_a_schedule_does_not_recompile():
+    from torch._dynamo.utils import counters
+
+    model = _model()
+    compiled = torch.compile(model, fullgraph=True)
+    sched = RateScheduler(model, Linear(0.0, 0.5, steps=5))
+    torch._dynamo.reset()
+    counters.clear()
+    x = torch.randn(8, 3, 4)
+    for _ in range(6):
+        compiled(x).sum().backward()
+        sched.step()
+    assert counters["stats"]["unique_graphs"] == 1
