@@ -126,7 +126,8 @@ def _gaussian_backward(ctx, grad):
 gaussian_mul.register_autograd(_gaussian_backward, setup_context=_gaussian_setup)
 
 
-def _rate(p: Tensor) -> float:
+def read_rate(p: Tensor) -> float:
+    """The value of a 0-dim rate tensor, checked to be in [0, 1] (at run time)."""
     value = float(p.item())
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"dropkit: `p` must be in [0, 1], got {value!r}.")
@@ -135,7 +136,7 @@ def _rate(p: Tensor) -> float:
 
 @torch.library.custom_op("dropkit::rate_op", mutates_args=())
 def rate_op(x: Tensor, key: Tensor, p: Tensor, noise_shape: list[int], kind: str) -> Tensor:
-    rate = _rate(p)
+    rate = read_rate(p)
     if kind == "gaussian":
         if rate == 1.0:
             return torch.zeros_like(x, memory_format=torch.contiguous_format)
@@ -154,7 +155,7 @@ def rate_op_backward(
     grad: Tensor, key: Tensor, p: Tensor, noise_shape: list[int], kind: str
 ) -> Tensor:
     """Gradient of :func:`rate_op`: the same decisions, times the scale, no shift or fill."""
-    rate = _rate(p)
+    rate = read_rate(p)
     if kind == "gaussian":
         return rate_op(grad, key, p, noise_shape, kind)
     t, scale, _, _ = rng.affine_params(kind, rate)

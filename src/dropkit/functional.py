@@ -32,6 +32,9 @@ from . import _validation as v
 
 __all__ = [
     "alpha_dropout",
+    "drop_block1d",
+    "drop_block2d",
+    "drop_block3d",
     "drop_path",
     "dropout",
     "gaussian_dropout",
@@ -466,3 +469,6 @@ def drop_path(
         return input
     mode = "inverted" if scale_by_keep else "unscaled"
     return _dropout_impl(input, p, training, False, mode, noise_shape, seed, generator)
+
+
+from ._drop_block import drop_block1d, drop_block2d, drop_block3d  # noqa: E402  (imports this module)

@@ -30,9 +30,13 @@ import numpy as np
 
 from . import _validation as v
 from . import rng as _rng
+from ._drop_block_numpy import drop_block1d, drop_block2d, drop_block3d
 
 __all__ = [
     "alpha_dropout",
+    "drop_block1d",
+    "drop_block2d",
+    "drop_block3d",
     "dropout",
     "gaussian_dropout",
     "spatial_dropout1d",
@@ -75,9 +79,10 @@ def _compute_dtype(x: np.ndarray):
 def _masked_affine(x, keep, scale, shift=0.0, fill=0.0) -> np.ndarray:
     """``where(keep, x * scale + shift, fill)`` with the torch backends' rounding."""
     ct = _compute_dtype(x)
-    kept = np.asarray(x.astype(ct) * ct(scale)).astype(x.dtype)
-    if shift != 0.0:
-        kept = np.asarray(kept.astype(ct) + ct(shift)).astype(x.dtype)
+    with np.errstate(over="ignore"):  # as in torch, a value too large for the dtype is inf
+        kept = np.asarray(x.astype(ct) * ct(scale)).astype(x.dtype)
+        if shift != 0.0:
+            kept = np.asarray(kept.astype(ct) + ct(shift)).astype(x.dtype)
     return np.where(keep, kept, x.dtype.type(fill))
 
 
@@ -183,7 +188,8 @@ def gaussian_dropout(
     z = _rng.normal_field(x.shape, _seed(seed, rng))
     ct = _compute_dtype(x)
     noise = (1.0 + math.sqrt(p / (1.0 - p)) * z).astype(ct)
-    return np.asarray(x.astype(ct) * noise).astype(x.dtype)
+    with np.errstate(over="ignore"):  # as in torch, a product too large for the dtype is inf
+        return np.asarray(x.astype(ct) * noise).astype(x.dtype)
 
 
 def alpha_dropout(

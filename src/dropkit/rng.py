@@ -42,6 +42,7 @@ __all__ = [
     "PHILOX_W0",
     "PHILOX_W1",
     "STREAM_BERNOULLI",
+    "STREAM_DROPBLOCK",
     "STREAM_NORMAL",
     "ArrayOps",
     "affine_params",
@@ -71,6 +72,7 @@ NORMALS_PER_BLOCK = 4  # two Box-Muller pairs of 32-bit words
 
 STREAM_BERNOULLI = 0  # counter word c2 for keep/drop decisions
 STREAM_NORMAL = 1  # counter word c2 for Gaussian noise
+STREAM_DROPBLOCK = 2  # counter word c2 for DropBlock's block seeds (32-bit words)
 
 
 def seed_to_key(seed: int) -> tuple[int, int]:

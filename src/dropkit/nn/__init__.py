@@ -2,6 +2,7 @@
 the same checks as :mod:`dropkit.functional`, and calls one function in ``forward``."""
 
 from ._rate import RateModule
+from .drop_block import DropBlock1d, DropBlock2d, DropBlock3d
 from .drop_path import DropPath
 from .dropout import (
     AlphaDropout,
@@ -15,6 +16,9 @@ from .dropout import (
 
 __all__ = [
     "AlphaDropout",
+    "DropBlock1d",
+    "DropBlock2d",
+    "DropBlock3d",
     "DropPath",
     "Dropout",
     "GaussianDropout",

@@ -1,0 +1,274 @@
+"""DropBlock 1d/2d/3d for torch tensors: calibrated seed rate, valid-region seeds, one custom op.
+
+The specification (calibration, seed field, block mask, scaling) is ``docs/dropblock.md`` and
+its executable reference :mod:`dropkit._drop_block_numpy`; this module computes the same bits
+with torch operations (any device) or, for CPU tensors, with the numba kernel of
+:mod:`dropkit.kernels.drop_block_numba`.
+
+``dropkit::drop_block(x, key, p, block_size, per_channel, scale, channels_last)`` is one opaque
+custom op: the calibration solver (cached NumPy code) runs *inside* it, so ``torch.compile``
+never traces it and dynamic shapes need nothing special. Its backward is the same op applied
+to the gradient: the mask is regenerated from the saved 2-word key (16 bytes are saved, no
+mask), and with ``scale="batch"`` the scale ``count(M) / count_ones(M)`` is recomputed from the
+regenerated mask, so it is treated as a constant (it does not depend on ``input``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _drop_block_numpy as spec
+from . import _ops, kernels
+from . import functional as _functional  # a partial module while functional.py imports this one
+from .kernels import torch_ref
+
+__all__ = ["drop_block1d", "drop_block2d", "drop_block3d"]
+
+_MASK32 = 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------------------------------------
+# The torch path (any device)
+
+
+def seed_field(key: tuple[int, int], shape: tuple[int, ...], threshold: int, device=None) -> Tensor:
+    """Boolean seed field of ``shape``: element ``i`` reads word ``r[i % 4]`` of the Philox
+    block ``(n_lo, n_hi, 2, 0)``, ``n = i // 4``, and is a seed iff ``r < threshold``."""
+    count = math.prod(shape)
+    n = torch.arange(-(-count // spec.WORDS_PER_BLOCK), dtype=torch.int64, device=device)
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    words = torch_ref.philox4x32(n & _MASK32, n >> 32, zero + spec.STREAM_DROPBLOCK, zero, *key)
+    words = torch.stack(words, dim=-1).reshape(-1)[:count]
+    return (words < threshold).reshape(shape)
+
+
+def block_keep_mask(seeds: Tensor, block: Sequence[int]) -> Tensor:
+    """Keep mask of a seed field ``(N, C, *starts)``: a unit is dropped iff a seed's block
+    covers it. Separable prefix sums, so the cost does not depend on the block size."""
+    covered = seeds
+    for axis, b in enumerate(block, start=2):
+        if b == 1:
+            continue
+        n_starts = covered.shape[axis]
+        prefix = torch.cumsum(covered, dim=axis, dtype=torch.int32)
+        head = torch.zeros_like(prefix.narrow(axis, 0, 1)).expand(
+            *prefix.shape[:axis], b, *prefix.shape[axis + 1:]
+        )
+        tail = prefix.narrow(axis, n_starts - 1, 1).expand(
+            *prefix.shape[:axis], b - 1, *prefix.shape[axis + 1:]
+        )
+        # padded[k] = prefix sum P[clip(k - b + 1, 0, V)], so that unit u is covered iff
+        # P[min(u + 1, V)] - P[max(u - b + 1, 0)] > 0, i.e. padded[u + b] > padded[u].
+        padded = torch.cat([head, prefix, tail], dim=axis)
+        length = n_starts + b - 1
+        covered = padded.narrow(axis, b, length) > padded.narrow(axis, 0, length)
+    return ~covered
+
+
+def _channels_first(x: Tensor, spatial_dims: int, channels_last: bool) -> Tensor:
+    """``x`` as a logical ``(N, C, *spatial)`` view (unbatched inputs get ``N = 1``)."""
+    if x.dim() == spatial_dims + 1:
+        x = x.unsqueeze(0)
+    return x.movedim(-1, 1) if channels_last else x
+
+
+def _from_channels_first(out: Tensor, shape: torch.Size, channels_last: bool) -> Tensor:
+    if channels_last:
+        out = out.movedim(1, -1)
+    return out.reshape(shape).contiguous()
+
+
+def _apply_torch(x, keep, factor, channels_last, spatial_dims):
+    """``where(keep, x * factor, 0)`` in the spec's arithmetic; ``factor`` None: no scaling."""
+    xc = _channels_first(x, spatial_dims, channels_last)
+    if factor is None:
+        kept = xc
+    else:
+        kept = (xc.to(torch_ref.compute_dtype(x.dtype)) * factor).to(x.dtype)
+    out = torch.where(keep, kept, torch.zeros((), dtype=x.dtype, device=x.device))
+    return _from_channels_first(out, x.shape, channels_last)
+
+
+def _batch_factor(keep: Tensor, ct: torch.dtype) -> Tensor:
+    """``count(M) / count_ones(M)`` as a float64 division on the device, rounded to ``ct``;
+    0 when nothing is kept. Stays on the device (no host synchronisation)."""
+    ones = keep.sum().to(torch.float64)
+    count = torch.tensor(float(keep.numel()), dtype=torch.float64, device=keep.device)
+    return torch.where(ones > 0, count / ones, torch.zeros_like(ones)).to(ct)
+
+
+def _torch_path(x, key, cal, n, c, spatial, per_channel, scale, channels_last):
+    starts = tuple(s - b + 1 for s, b in zip(spatial, cal.block, strict=True))
+    field = (n, c if per_channel else 1, *starts)
+    keep = block_keep_mask(seed_field(key, field, cal.threshold, x.device), cal.block)
+    ct = torch_ref.compute_dtype(x.dtype)
+    if scale == "batch":
+        factor = _batch_factor(keep, ct)
+    elif scale == "expected":
+        factor = torch.tensor(spec.expected_scale(cal), dtype=ct, device=x.device)
+    else:
+        factor = None
+    return _apply_torch(x, keep, factor, channels_last, len(spatial))
+
+
+def _numba():
+    """The numba kernel module, or None (not importable, or the torch backend is forced)."""
+    if kernels.get_backend() == "torch":
+        return None
+    try:
+        from .kernels import drop_block_numba
+    except ImportError:
+        if kernels.get_backend() == "numba":
+            raise
+        return None
+    return drop_block_numba
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom op
+
+
+@torch.library.custom_op("dropkit::drop_block", mutates_args=())
+def drop_block_op(
+    x: Tensor,
+    key: Tensor,
+    p: Tensor,
+    block_size: list[int],
+    per_channel: bool,
+    scale: str,
+    channels_last: bool,
+) -> Tensor:
+    spatial_dims = len(block_size)
+    n, c, spatial = spec.layout(tuple(x.shape), spatial_dims, channels_last)
+    cal = spec.calibrate(spatial, tuple(block_size), _ops.read_rate(p))
+    if x.numel() == 0 or cal.threshold == 0:
+        return x.clone(memory_format=torch.contiguous_format)
+    if cal.threshold >= spec.WORD_RANGE:  # p = 1: every start is a seed; no RNG is drawn
+        return torch.zeros_like(x, memory_format=torch.contiguous_format)
+    k0, k1 = (int(k) for k in key.tolist())
+    backend = _numba() if x.device.type == "cpu" else None
+    if backend is not None:
+        return backend.apply(x, (k0, k1), cal, n, c, spatial, per_channel, scale, channels_last)
+    return _torch_path(x, (k0, k1), cal, n, c, spatial, per_channel, scale, channels_last)
+
+
+@drop_block_op.register_fake
+def _(x, key, p, block_size, per_channel, scale, channels_last):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _setup(ctx, inputs, output):
+    _, key, *params = inputs
+    ctx.save_for_backward(key)
+    ctx.params = params
+
+
+def _backward(ctx, grad):
+    (key,) = ctx.saved_tensors
+    return drop_block_op(grad, key, *ctx.params), None, None, None, None, None, None
+
+
+drop_block_op.register_autograd(_backward, setup_context=_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Functions
+
+_NO_KEY = (0, 0)  # p = 1 draws nothing
+
+
+def _make(spatial_dims: int):
+    name = f"drop_block{spatial_dims}d"
+    axes = {1: "L", 2: "H, W", 3: "D, H, W"}[spatial_dims]
+
+    def drop_block(
+        input: Tensor,
+        p: float = 0.1,
+        block_size: int | Sequence[int] = 7,
+        training: bool = True,
+        inplace: bool = False,
+        *,
+        per_channel: bool = True,
+        scale: str = "batch",
+        data_format: str = "channels_first",
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        p = _functional._check_common(name, input, p, training, inplace, seed, generator)
+        block = spec.check_block_size(name, block_size, spatial_dims)
+        spec.check_options(name, per_channel, scale, data_format)
+        spec.check_rank(name, tuple(input.shape), spatial_dims, data_format)
+        if not training or input.numel() == 0:
+            return input
+        if isinstance(p, Tensor):  # read when the op runs: no recompiles when it changes
+            key, rate = _functional.draw_key(seed, generator), p
+        elif p == 0.0:
+            return input
+        else:
+            key = (torch.tensor(_NO_KEY, dtype=torch.int64) if p == 1.0
+                   else _functional.draw_key(seed, generator))
+            rate = torch.tensor(p, dtype=torch.float64)
+        out = drop_block_op(input, key, rate, list(block), per_channel, scale,
+                            data_format == "channels_last")
+        return input.copy_(out) if inplace else out
+
+    drop_block.__name__ = drop_block.__qualname__ = name
+    example_shape = ", ".join(["2", "3"] + ["8"] * spatial_dims)
+    drop_block.__doc__ = f"""DropBlock: drop contiguous blocks of a {spatial_dims}D map ({axes}).
+
+    Ghiasi, Lin and Le (2018), Algorithm 1, with the seed rate *calibrated*: blocks start only
+    where they fit in the map, and the seed probability ``gamma`` solves
+    ``1 - mean_u (1 - gamma)**c(u) = p`` exactly (``c(u)`` = number of valid block starts that
+    cover unit ``u``), so the expected dropped fraction is ``p`` for every map and block size,
+    borders and overlaps included (``docs/dropblock.md``).
+
+    Args:
+        input: Feature map, see Shape.
+        p: Expected fraction of units to drop, in ``[0, 1]`` (a float, or a 0-dim tensor read
+            when the op runs).
+        block_size: Block side: an int, or one int per spatial axis ({axes}). Even sizes work;
+            a block larger than the map is clipped to the map on that axis.
+        training: Apply DropBlock if ``True``; otherwise return ``input``.
+        inplace: Write the result into ``input``.
+        per_channel: One mask per channel (the paper's Algorithm 1, the default) or, if
+            ``False``, one mask per sample shared by all channels.
+        scale: ``"batch"`` multiplies kept units by ``count(M) / count_ones(M)`` over the whole
+            block mask ``M`` (the paper; all-dropped gives zeros, never NaN); ``"expected"`` by
+            ``1 / (1 - f)``, ``f`` the exact expected dropped fraction; ``"none"``: no scaling.
+        data_format: ``"channels_first"`` or ``"channels_last"``. The mask depends only on
+            the logical channels-first view: a channels-last input gets the mask of its
+            permutation.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        generator: Draws the seed when ``seed`` is not given.
+
+    Shape:
+        - channels_first: ``(N, C, {axes})`` batched or ``(C, {axes})`` unbatched (masked as
+          a batch of one).
+        - channels_last: ``(N, {axes}, C)`` batched or ``({axes}, C)`` unbatched.
+        - Any other rank is a ``ValueError``. Output: same shape as input, contiguous.
+
+    Raises:
+        TypeError: A non-floating ``input``, a non-real ``p``, non-bool ``training``,
+            ``inplace`` or ``per_channel``, a ``block_size`` that is not an int or a tuple of
+            ints, or a non-int ``seed``.
+        ValueError: ``p`` outside ``[0, 1]``, a ``block_size`` entry below 1 or a tuple of the
+            wrong length, an unknown ``scale`` or ``data_format``, a wrong rank, or a ``seed``
+            outside ``[0, 2**64)``.
+
+    Example:
+        >>> import torch, dropkit
+        >>> from dropkit._drop_block import {name}
+        >>> y = {name}(torch.ones({example_shape}), 0.2, block_size=3, seed=0)
+        >>> bool(((y == 0) | (y > 1)).all())  # dropped, or kept and rescaled
+        True
+    """
+    return drop_block
+
+
+drop_block1d = _make(1)
+drop_block2d = _make(2)
+drop_block3d = _make(3)
