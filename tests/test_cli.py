@@ -17,7 +17,9 @@ import torch
 from dropkit.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PICTURES = ("seeds_1x7x5.png", "image_like.png", "masks.png", "volume.png")
+PICTURES = (
+    "seeds_1x7x5.png", "image_like.png", "masks.png", "volume.png", "structured.png"
+)
 DEFAULT_DPI = 100
 
 
@@ -72,7 +74,7 @@ def test_gallery_prints_one_line_per_file_and_a_summary(gallery):
     lines = out.splitlines()
     assert lines[:-1] == [str(folder / name) for name in PICTURES]
     assert lines[-1] == (
-        f"dropkit gallery: wrote 4 pictures to {folder} (p=0.5, seed=0, dpi={DEFAULT_DPI})"
+        f"dropkit gallery: wrote 5 pictures to {folder} (p=0.5, seed=0, dpi={DEFAULT_DPI})"
     )
 
 
@@ -100,7 +102,7 @@ def test_gallery_edge_probabilities(tmp_path, p):
                             "--seed", str(2**64 - 1)])
     assert code == 0, err
     assert out.splitlines()[-1] == (
-        f"dropkit gallery: wrote 4 pictures to {tmp_path} "
+        f"dropkit gallery: wrote 5 pictures to {tmp_path} "
         f"(p={float(p)!r}, seed={2**64 - 1}, dpi=20)"
     )
     for name in PICTURES:

@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         ("image_like.png", _image_figure),
         ("masks.png", _masks_figure),
         ("volume.png", _volume_figure),
+        ("structured.png", _structured_figure),
     ]
     for name, draw in pictures:
         fig = draw(p, seed)
@@ -525,6 +526,51 @@ def _masks_figure(p: float, seed: int) -> Any:
         f"Keep masks, x = torch.ones(shape), seed = {seed}: the same seed and noise-shape size "
         "give the same decisions\n(spatial_dropout1d channels_first and timestep_dropout share the "
         "noise shape (1, 16, 1); both spatial_dropout2d layouts draw 6 decisions)",
+        fontsize=12,
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- structured
+
+
+def _structured_figure(p: float, seed: int) -> Any:
+    """DropBlock (per channel and shared, two block sizes) and DropPath keep masks."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    import dropkit.functional as DF
+
+    P, s = _fmt(p), seed
+    shape = (1, 6, 28, 28)
+
+    def caption(keep: Any) -> str:
+        return f"{_p_text(p)}: dropped fraction {1.0 - keep.mean():.3f}"
+
+    panels = []
+    for block, per_channel in ((3, True), (7, True), (7, False)):
+        keep = _keep(DF.drop_block2d, shape, p, block_size=block, per_channel=per_channel,
+                     seed=s)
+        call = f"drop_block2d(x, {P}, block_size={block}"
+        call += ", per_channel=False" if not per_channel else ""
+        panels.append((_mosaic(keep[0], 3), call + f", seed={s})",
+                       "x: (1, 6, 28, 28), 6 channels as tiles; " + caption(keep)))
+    keep = _keep(DF.drop_path, (16, 28), p, seed=s)
+    panels.append((keep, f"drop_path(x, {P}, seed={s})",
+                   "x: (16, 28): whole samples (rows) dropped; " + caption(keep)))
+    cmap = ListedColormap(["#f2f2f2", _KEPT_MASK]).with_extremes(bad="white")
+    fig = _new_figure(17.0, 11.0)
+    for ax, (mask, title, text) in zip(fig.subplots(2, 2).flat, panels, strict=True):
+        ax.imshow(np.asarray(mask, dtype=float), cmap=cmap, vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+        ax.set_title(_wrap_call(title, 72), fontsize=9, **_MONO)
+        ax.set_xlabel(text, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(
+        "Structured dropout keep masks (blue kept, grey dropped), x = torch.ones(shape): "
+        "DropBlock's seed rate is solved so that\nthe expected dropped fraction is p for "
+        "every block size; per_channel=False shares one mask across channels",
         fontsize=12,
     )
     return fig
