@@ -13,6 +13,11 @@ Conventions shared by all functions:
 * ``training=False`` or ``p == 0`` returns ``input`` itself (vanilla mode in eval: ``input *
   (1 - p_eff)``). ``p == 1`` returns exact zeros, with a zero gradient, even for inf/NaN inputs;
   dropped positions are exactly 0 for any input. Empty tensors pass through.
+* ``p`` may also be a 0-dim floating tensor: the op reads its value when it runs (and checks
+  that it is in ``[0, 1]`` then), so a compiled graph does not guard on it and a schedule can
+  change it every step without recompiling (modules do this under ``torch.compile``). The
+  results are the same as with the float; the tensor path always draws a key and returns a new
+  tensor, even for ``p = 0``.
 * ``seed`` (an int in ``[0, 2**64)``) fixes the mask; otherwise a 64-bit seed is drawn from
   ``generator`` (default: torch's default CPU generator), so ``torch.manual_seed`` makes runs
   reproducible.
