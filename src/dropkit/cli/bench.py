@@ -10,7 +10,17 @@ One run measures, for every requested dtype and on the same input tensors:
   forward and forward+backward;
 * two clearly labelled references for the cost of producing a fresh output tensor:
   ``torch.empty_like(x).fill_(1)`` (new allocation: page faults included) and ``buf.fill_(1)``
-  (a buffer reused across iterations: no page faults).
+  (a buffer reused across iterations: no page faults);
+* DropBlock (op ``dropblock2d``) on its own ``(N, C, H, W)`` tensor (default
+  ``(32, 256, 28, 28)``): :func:`dropkit.functional.drop_block2d` with ``per_channel=True`` at
+  every ``--block-sizes`` entry and with ``per_channel=False`` at block 7, the floor ``x * 2.0``,
+  and, when they are installed, the DropBlock of torchvision, timm and the ``dropblock`` package
+  at block 7 (optional peers, never dependencies: a peer that is missing or whose call fails is
+  a printed note, never a crash);
+* DropPath (op ``drop_path``): :func:`dropkit.functional.drop_path` against a plain-torch
+  reference of timm's ``drop_path`` on the ``2**24`` tensor viewed as ``(256, rest)``.
+
+``--ops`` selects the ops (default: all).
 
 Timing is wall clock (:func:`time.perf_counter`) around each call after ``--warmup`` untimed
 calls (these also trigger numba's JIT compilation); each row reports the median and the minimum
@@ -53,21 +63,37 @@ DEFAULT_NUMEL = 2**24
 DEFAULT_SHAPE = (32, 256, 32, 64)  # 2**24 elements
 DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 BACKEND_NAMES = ("auto", "numba", "torch")
+OP_NAMES = ("dropout", "dropout2d", "dropblock2d", "drop_path")
 MIN_WARMUP = 2
+DEFAULT_DROPBLOCK_SHAPE = (32, 256, 28, 28)
+DEFAULT_BLOCK_SIZES = (3, 5, 7, 9)
+PEER_BLOCK_SIZE = 7  # per_channel=False and the peers are timed at this block size
+DROP_PATH_ROWS = 256  # drop_path views the flat tensor as (gcd(numel, 256), rest)
+PEER_PACKAGES = ("torchvision", "timm", "dropblock")
+PER_CHANNEL_TAG = "[per-channel]"  # marks a peer row with one mask per channel
+DEFAULT_TAG = "[default]"  # marks the peer row of timm's default DropBlock2d
+# timm's drop_path in plain torch (timm is not a dependency):
+# x * x.new_empty((N, 1)).bernoulli_(keep).div_(keep), keep = 1 - p.
+DROP_PATH_REFERENCE = "torch reference (timm-style drop_path)"
 
 # Project targets, checked for float32 (they are stated for 2 cores, 2**24 elements, p = 0.1).
 TARGET_FWD_BWD_SPEEDUP = 5.0  # dropkit forward+backward at least 5x faster than F.dropout
 TARGET_FWD_VS_FLOOR = 2.0  # dropkit forward within 2x the time of x * 2.0
 TARGET_SAVED_PER_ELEMENT = 0.0  # no per-element state kept for backward (a fixed-size key)
+# DropBlock targets: float32 (32, 256, 28, 28), p = 0.1, per_channel=True (peers: fwd+bwd).
+TARGET_BLOCK_SPREAD = 1.25  # max/min median time over block sizes 3..9
+TARGET_VS_TORCHVISION = 5.0  # at least 5x faster than torchvision.ops.drop_block2d (block 7)
+TARGET_VS_TIMM_PER_CHANNEL = 2.0  # at least 2x faster than timm per-channel (block 7)
+TARGET_VS_TIMM_DEFAULT = 1.0  # no slower than timm's default DropBlock2d (block 7)
 
 
 @dataclass
 class Row:
     """One measured line of the benchmark table."""
 
-    op: str  # "dropout", "dropout2d" (the family the row belongs to)
+    op: str  # "dropout", "dropout2d", "dropblock2d", "drop_path" (the family of the row)
     pass_: str  # "fwd" or "fwd+bwd"
-    provider: str  # "dropkit", "torch", "floor" or "reference"
+    provider: str  # "dropkit", "torch", "floor", "reference", or a peer package's name
     impl: str  # the expression that was timed
     dtype: str
     numel: int
@@ -81,6 +107,7 @@ class Row:
     ratio_vs_torch: float | None  # torch median / this row's median (> 1: faster than torch)
     saved_bytes: int | None  # bytes autograd keeps for backward after one forward call
     saved_bytes_per_element: float | None
+    block_size: int | None = None  # dropblock2d rows (dropkit and peers); None elsewhere
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -100,15 +127,50 @@ def _parse_dtypes(text: str) -> list[str]:
     return list(dict.fromkeys(names))  # keep order, drop repeats
 
 
-def _parse_shape(text: str) -> tuple[int, int, int, int]:
+def _parse_ops(text: str | None) -> list[str]:
+    """Split a comma list of op names (``all`` or None: every op), rejecting unknown ones."""
+    if text is None or text.strip() == "all":
+        return list(OP_NAMES)
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError("bench: `--ops` must name at least one op, got an empty list.")
+    for name in names:
+        if name not in OP_NAMES:
+            raise ValueError(
+                f"bench: `--ops` entries must be one of {', '.join(OP_NAMES)} (or all), "
+                f"got {name!r}."
+            )
+    return [name for name in OP_NAMES if name in names]  # table order
+
+
+def _parse_block_sizes(text: str) -> list[int]:
+    """Split a comma list of positive block sizes (ValueError otherwise)."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(
+            f"bench: `--block-sizes` must be a comma list of integers, got {text!r}."
+        ) from None
+    if not sizes or min(sizes) <= 0:
+        raise ValueError(
+            f"bench: `--block-sizes` must be a comma list of positive integers, got {text!r}."
+        )
+    return list(dict.fromkeys(sizes))
+
+
+def _parse_shape(text: str, option: str = "--shape") -> tuple[int, int, int, int]:
     """Parse ``N,C,H,W`` (or ``NxCxHxW``) into four positive ints (ValueError otherwise)."""
     parts = [part.strip() for part in text.replace("x", ",").split(",")]
     try:
         dims = tuple(int(part) for part in parts)
     except ValueError:
-        raise ValueError(f"bench: `--shape` must be four integers N,C,H,W, got {text!r}.") from None
+        raise ValueError(
+            f"bench: `{option}` must be four integers N,C,H,W, got {text!r}."
+        ) from None
     if len(dims) != 4 or min(dims) <= 0:
-        raise ValueError(f"bench: `--shape` must be four positive integers N,C,H,W, got {text!r}.")
+        raise ValueError(
+            f"bench: `{option}` must be four positive integers N,C,H,W, got {text!r}."
+        )
     return dims  # type: ignore[return-value]
 
 
@@ -157,6 +219,9 @@ class _Config:
     warmup: int
     backend: str
     json_path: str | None
+    ops: list[str]
+    dropblock_shape: tuple[int, int, int, int]
+    block_sizes: list[int]
 
 
 def _config(args: argparse.Namespace) -> _Config:
@@ -196,6 +261,9 @@ def _config(args: argparse.Namespace) -> _Config:
         warmup=args.warmup,
         backend=args.backend,
         json_path=args.json,
+        ops=_parse_ops(args.ops),
+        dropblock_shape=_parse_shape(args.dropblock_shape, "--dropblock-shape"),
+        block_sizes=_parse_block_sizes(args.block_sizes),
     )
 
 
@@ -261,10 +329,114 @@ class _Case:
     fn: Callable[[torch.Tensor, float], torch.Tensor]  # (x, p) -> output
     traffic: int  # bytes per element moved by one call, in units of element_size
     saved: bool  # measure what autograd keeps (not for the fill references)
+    block_size: int | None = None
+    peer: bool = False  # another package's code: a failing call is a note, not a crash
 
 
-def _cases(buf: torch.Tensor) -> list[_Case]:
-    """Every timed expression, in table order; ``buf`` is the reused buffer of the fill row."""
+@dataclass
+class _Peer:
+    """A DropBlock of another package, called as ``fn(x, p)`` at ``PEER_BLOCK_SIZE``."""
+
+    provider: str  # the package
+    impl: str  # what is called, tagged PER_CHANNEL_TAG and/or DEFAULT_TAG
+    fn: Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def _torchvision_peers(block: int) -> list[_Peer]:
+    from torchvision.ops import drop_block2d
+
+    def fn(x: torch.Tensor, p: float) -> torch.Tensor:
+        return drop_block2d(x, p, block, inplace=False, eps=1e-06, training=True)
+
+    return [_Peer("torchvision", f"torchvision.ops.drop_block2d(x, p, {block}) "
+                                 f"{PER_CHANNEL_TAG}", fn)]
+
+
+def _timm_peers(block: int) -> list[_Peer]:
+    """timm's per-channel variant and its default ``DropBlock2d``, adapted to its version.
+
+    Newer timm: ``drop_block_2d(..., couple_channels=False)`` is per-channel and the default
+    couples channels. Older timm (``batchwise``/``fast``): ``drop_block_2d`` with
+    ``batchwise=False`` is per-channel and the module's default (``fast=True``) is too.
+    """
+    import inspect
+
+    try:
+        from timm.layers import DropBlock2d, drop_block_2d
+    except ImportError:  # timm before 0.9
+        from timm.models.layers import DropBlock2d, drop_block_2d
+    params = inspect.signature(drop_block_2d).parameters
+    peers = []
+    if "couple_channels" in params:
+        peers.append(_Peer(
+            "timm", f"timm drop_block_2d(x, p, {block}, couple_channels=False) {PER_CHANNEL_TAG}",
+            lambda x, p: drop_block_2d(x, p, block, couple_channels=False),
+        ))
+    elif "batchwise" in params:
+        peers.append(_Peer(
+            "timm", f"timm drop_block_2d(x, p, {block}, batchwise=False) {PER_CHANNEL_TAG}",
+            lambda x, p: drop_block_2d(x, p, block, batchwise=False),
+        ))
+
+    def default(x: torch.Tensor, p: float) -> torch.Tensor:
+        return DropBlock2d(drop_prob=p, block_size=block).train()(x)
+
+    peers.append(_Peer("timm", f"timm DropBlock2d(p, {block}).train() {DEFAULT_TAG}", default))
+    return peers
+
+
+def _dropblock_package_peers(block: int) -> list[_Peer]:
+    from dropblock import DropBlock2D
+
+    def fn(x: torch.Tensor, p: float) -> torch.Tensor:
+        return DropBlock2D(drop_prob=p, block_size=block).train()(x)
+
+    return [_Peer("dropblock", f"dropblock.DropBlock2D(p, {block}).train() [shared channels]",
+                  fn)]
+
+
+def _dropblock_peers(
+    block: int = PEER_BLOCK_SIZE,
+) -> tuple[list[_Peer], dict[str, str], dict[str, str | None]]:
+    """The installed DropBlock peers: ``(peers, absent, versions)``.
+
+    ``absent`` maps each package that gives no row to the reason (not installed, or its import
+    or adaptation failed); ``versions`` maps each importable package to its ``__version__``.
+    """
+    import importlib
+    import importlib.util
+
+    builders = {
+        "torchvision": _torchvision_peers,
+        "timm": _timm_peers,
+        "dropblock": _dropblock_package_peers,
+    }
+    peers: list[_Peer] = []
+    absent: dict[str, str] = {}
+    versions: dict[str, str | None] = {}
+    for name in PEER_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            absent[name] = f"{name} not installed"
+            continue
+        try:
+            versions[name] = getattr(importlib.import_module(name), "__version__", None)
+            peers += builders[name](block)
+        except Exception as err:  # a broken or changed peer is a note, never a crash
+            absent[name] = f"{name} unusable: {type(err).__name__}: {err}"
+    return peers, absent, versions
+
+
+def _dropkit_block_impl(block: int, per_channel: bool) -> str:
+    return f"dropkit.functional.drop_block2d(x, p, {block}, per_channel={per_channel})"
+
+
+def _cases(buf: torch.Tensor | None, cfg: _Config, peers: Sequence[_Peer] = ()) -> list[_Case]:
+    """Every timed expression of ``cfg.ops``, in table order; ``buf`` is the reused buffer of
+    the fill row (needed for the ``dropout`` op only)."""
     import torch
     import torch.nn.functional as F
 
@@ -273,8 +445,22 @@ def _cases(buf: torch.Tensor) -> list[_Case]:
     def fresh_fill(x: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(x).fill_(1)
 
+    def drop_block(block: int, per_channel: bool) -> Callable[..., torch.Tensor]:
+        return lambda x, p: DF.drop_block2d(x, p, block, per_channel=per_channel)
+
+    def timm_style_drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+        # timm.layers.drop_path(x, p, training=True), written out in plain torch.
+        if p == 0.0:
+            return x
+        keep = 1.0 - p
+        noise = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        if keep > 0.0:
+            noise.div_(keep)
+        return x * noise
+
     dk_dropout: Callable[..., torch.Tensor] = DF.dropout
     dk_spatial: Callable[..., torch.Tensor] = DF.spatial_dropout2d
+    dk_drop_path: Callable[..., torch.Tensor] = DF.drop_path
     cases = []
     for pass_, traffic in (("fwd", 2), ("fwd+bwd", 4)):
         cases += [
@@ -297,7 +483,31 @@ def _cases(buf: torch.Tensor) -> list[_Case]:
                   dk_spatial, traffic, True),
             _Case("dropout2d", pass_, "torch", "F.dropout2d", F.dropout2d, traffic, True),
         ]
-    return cases
+    for pass_, traffic in (("fwd", 2), ("fwd+bwd", 4)):
+        cases += [
+            _Case("dropblock2d", pass_, "dropkit", _dropkit_block_impl(block, True),
+                  drop_block(block, True), traffic, True, block)
+            for block in cfg.block_sizes
+        ]
+        cases += [
+            _Case("dropblock2d", pass_, "dropkit", _dropkit_block_impl(PEER_BLOCK_SIZE, False),
+                  drop_block(PEER_BLOCK_SIZE, False), traffic, True, PEER_BLOCK_SIZE),
+            _Case("dropblock2d", pass_, "floor", "x * 2.0", lambda x, p: x * 2.0, traffic, True),
+        ]
+        cases += [
+            _Case("dropblock2d", pass_, peer.provider, peer.impl, peer.fn, traffic, True,
+                  PEER_BLOCK_SIZE, peer=True)
+            for peer in peers
+        ]
+    for pass_, traffic in (("fwd", 2), ("fwd+bwd", 4)):
+        cases += [
+            _Case("drop_path", pass_, "dropkit", "dropkit.functional.drop_path", dk_drop_path,
+                  traffic, True),
+            _Case("drop_path", pass_, "torch", DROP_PATH_REFERENCE, timm_style_drop_path,
+                  traffic, True),
+            _Case("drop_path", pass_, "floor", "x * 2.0", lambda x, p: x * 2.0, traffic, True),
+        ]
+    return [case for case in cases if case.op in cfg.ops]
 
 
 def _time_case(
@@ -320,41 +530,73 @@ def _time_case(
     return _time_ms(step, reset, warmup, repeat)
 
 
-def _measure(cfg: _Config, dtype_name: str, threads: int) -> list[Row]:
-    """All rows for one dtype, on one input tensor and one upstream gradient."""
+def _measure(
+    cfg: _Config,
+    dtype_name: str,
+    threads: int,
+    peers: Sequence[_Peer] = (),
+    notes: dict[str, str] | None = None,
+) -> list[Row]:
+    """All rows for one dtype, on one input tensor and one upstream gradient per shape.
+
+    A peer whose call raises gets no row: the reason goes to ``notes`` (keyed by the peer's
+    package) and is printed.
+    """
     import torch
 
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(0)
-    flat = torch.randn(cfg.numel, generator=gen).to(dtype)
-    grad = torch.randn(cfg.numel, generator=gen).to(dtype)
-    inputs = {"dropout": flat, "dropout2d": flat.reshape(cfg.shape)}
-    grads = {"dropout": grad, "dropout2d": grad.reshape(cfg.shape)}
-    element_size = flat.element_size()
+    inputs: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    buf = None
+    if {"dropout", "dropout2d", "drop_path"} & set(cfg.ops):
+        flat = torch.randn(cfg.numel, generator=gen).to(dtype)
+        grad = torch.randn(cfg.numel, generator=gen).to(dtype)
+        path_rows = math.gcd(cfg.numel, DROP_PATH_ROWS)
+        for op, shape in (("dropout", (cfg.numel,)), ("dropout2d", cfg.shape),
+                          ("drop_path", (path_rows, cfg.numel // path_rows))):
+            inputs[op], grads[op] = flat.reshape(shape), grad.reshape(shape)
+        if "dropout" in cfg.ops:
+            buf = torch.empty_like(flat)
+    if "dropblock2d" in cfg.ops:
+        inputs["dropblock2d"] = torch.randn(cfg.dropblock_shape, generator=gen).to(dtype)
+        grads["dropblock2d"] = torch.randn(cfg.dropblock_shape, generator=gen).to(dtype)
     rows: list[Row] = []
-    for case in _cases(torch.empty_like(flat)):
+    for case in _cases(buf, cfg, peers):
         x = inputs[case.op]
-        times = _time_case(case, x, grads[case.op], cfg.p, cfg.warmup, cfg.repeat)
-        saved = _saved_bytes(case.fn, x, cfg.p) if case.saved else None
+        numel = x.numel()
+        try:
+            times = _time_case(case, x, grads[case.op], cfg.p, cfg.warmup, cfg.repeat)
+            saved = _saved_bytes(case.fn, x, cfg.p) if case.saved else None
+        except Exception as err:
+            if not case.peer:
+                raise
+            note = f"{case.impl} failed ({dtype_name}, {case.pass_}): {type(err).__name__}: {err}"
+            note = " ".join(note.split())  # one line
+            print(f"note: {note}; row skipped", flush=True)
+            if notes is not None:
+                notes.setdefault(case.provider, note)
+            continue
         median, best = statistics.median(times), min(times)
-        traffic = case.traffic * element_size
+        traffic = case.traffic * x.element_size()
         rows.append(Row(
             op=case.op,
             pass_=case.pass_,
             provider=case.provider,
             impl=case.impl,
             dtype=dtype_name,
-            numel=cfg.numel,
+            numel=numel,
             shape=list(x.shape),
             p=cfg.p,
             threads=threads,
             median_ms=median,
             min_ms=best,
             traffic_bytes_per_element=traffic,
-            gb_per_s=traffic * cfg.numel / (median * 1e-3) / 1e9 if median > 0 else math.inf,
+            gb_per_s=traffic * numel / (median * 1e-3) / 1e9 if median > 0 else math.inf,
             ratio_vs_torch=None,
             saved_bytes=saved,
-            saved_bytes_per_element=None if saved is None else saved / cfg.numel,
+            saved_bytes_per_element=None if saved is None else saved / numel,
+            block_size=case.block_size,
         ))
     torch_ms = {(r.op, r.pass_): r.median_ms for r in rows if r.provider == "torch"}
     for r in rows:
@@ -374,11 +616,79 @@ def _find(rows: Sequence[Row], **key: str) -> Row | None:
     return None
 
 
-def check_targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
+def _dropblock_checks(
+    rows: Sequence[Row], dtype: str, peer_notes: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The DropBlock targets for one dtype; a peer without a row gives a check whose ``met`` is
+    None ("not measured") and whose ``measured`` says why (never a made-up number)."""
+    mine = [r for r in rows if r.op == "dropblock2d" and r.dtype == dtype]
+    checks: list[dict[str, Any]] = []
+    if not mine:
+        return checks
+
+    def per_channel(pass_: str) -> list[Row]:
+        return [r for r in mine if r.provider == "dropkit" and r.pass_ == pass_
+                and r.block_size is not None and r.impl == _dropkit_block_impl(r.block_size, True)]
+
+    for pass_ in ("fwd", "fwd+bwd"):
+        by_block = per_channel(pass_)
+        if len(by_block) >= 2:
+            fastest = min(by_block, key=lambda r: r.median_ms)
+            slowest = max(by_block, key=lambda r: r.median_ms)
+            spread = slowest.median_ms / fastest.median_ms
+            blocks = ",".join(str(r.block_size) for r in by_block)
+            checks.append({
+                "dtype": dtype,
+                "target": f"dropblock2d {pass_} (per_channel=True) time nearly independent of "
+                          f"block size: max/min <= {TARGET_BLOCK_SPREAD:g}",
+                "measured": f"{spread:.2f} over block sizes {blocks} "
+                            f"({fastest.median_ms:.2f} ms at {fastest.block_size} .. "
+                            f"{slowest.median_ms:.2f} ms at {slowest.block_size}, median)",
+                "met": spread <= TARGET_BLOCK_SPREAD,
+            })
+    ours = next((r for r in per_channel("fwd+bwd") if r.block_size == PEER_BLOCK_SIZE), None)
+    peer_targets = (
+        ("torchvision", PER_CHANNEL_TAG, TARGET_VS_TORCHVISION,
+         f">= {TARGET_VS_TORCHVISION:g}x faster than torchvision.ops.drop_block2d"),
+        ("timm", PER_CHANNEL_TAG, TARGET_VS_TIMM_PER_CHANNEL,
+         f">= {TARGET_VS_TIMM_PER_CHANNEL:g}x faster than timm's per-channel drop_block_2d "
+         "(couple_channels=False)"),
+        ("timm", DEFAULT_TAG, TARGET_VS_TIMM_DEFAULT,
+         "never slower than timm's default DropBlock2d"),
+    )
+    for provider, tag, factor, text in peer_targets:
+        check: dict[str, Any] = {
+            "dtype": dtype,
+            "target": f"dropblock2d fwd+bwd (per_channel=True, block {PEER_BLOCK_SIZE}) {text}",
+        }
+        theirs = next((r for r in mine if r.provider == provider and r.pass_ == "fwd+bwd"
+                       and tag in r.impl), None)
+        if theirs is None:
+            reason = peer_notes.get(provider, f"no {provider} row with {tag}")
+            check.update(measured=reason, met=None)
+        elif ours is None:
+            check.update(measured=f"block {PEER_BLOCK_SIZE} not in --block-sizes", met=None)
+        else:
+            speedup = theirs.median_ms / ours.median_ms
+            check.update(
+                measured=f"{speedup:.2f}x ({ours.median_ms:.2f} vs {theirs.median_ms:.2f} ms "
+                         f"median, {theirs.impl})",
+                met=speedup >= factor,
+            )
+        checks.append(check)
+    return checks
+
+
+def check_targets(
+    rows: Sequence[Row], peer_notes: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """The project's targets, evaluated per dtype on the measured rows (no tuning, just reading).
 
-    The targets are stated for float32 on 2 cores with 2**24 elements and p = 0.1; they are
-    evaluated for whatever configuration ran, and the report says which one that was.
+    The targets are stated for float32 on 2 cores with 2**24 elements (DropBlock: on
+    (32, 256, 28, 28)) and p = 0.1; they are evaluated for whatever configuration ran, and the
+    report says which one that was. ``peer_notes`` maps a DropBlock peer package without rows to
+    the reason (e.g. "torchvision not installed"); its targets are then "not measured"
+    (``met`` None).
     """
     checks: list[dict[str, Any]] = []
     for dtype in dict.fromkeys(r.dtype for r in rows):
@@ -428,6 +738,7 @@ def check_targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
                                 f"({dk_s.median_ms:.2f} vs {t_s.median_ms:.2f} ms median)",
                     "met": dk_s.median_ms <= t_s.median_ms,
                 })
+        checks += _dropblock_checks(rows, dtype, peer_notes or {})
     return checks
 
 
@@ -474,6 +785,8 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "dropkit_backend_setting": kernels.get_backend(),
         "dropkit_cpu_backend": kernels.for_device(torch.device("cpu")).__name__.rsplit(".")[-1],
+        # glibc allocator settings: they decide whether a fresh output page-faults.
+        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
     }
     try:
         import numba
@@ -531,9 +844,10 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def format_checks(checks: Sequence[dict[str, Any]]) -> str:
-    """The target checks, one per line."""
+    """The target checks, one per line (``met`` None: "[not measured] ... (reason)")."""
     return "\n".join(
-        f"[{'met' if c['met'] else 'MISSED'}] {c['dtype']}: {c['target']}: {c['measured']}"
+        f"[not measured] {c['dtype']}: {c['target']} ({c['measured']})" if c["met"] is None
+        else f"[{'met' if c['met'] else 'MISSED'}] {c['dtype']}: {c['target']}: {c['measured']}"
         for c in checks
     )
 
@@ -556,37 +870,56 @@ def run(args: argparse.Namespace) -> int:
         dropkit.set_backend(cfg.backend)
         threads = torch.get_num_threads()
         print(
-            f"dropkit bench: numel={cfg.numel} spatial shape={tuple(cfg.shape)} p={cfg.p:g} "
+            f"dropkit bench: ops={','.join(cfg.ops)} numel={cfg.numel} "
+            f"spatial shape={tuple(cfg.shape)} dropblock shape={tuple(cfg.dropblock_shape)} "
+            f"block sizes={','.join(map(str, cfg.block_sizes))} p={cfg.p:g} "
             f"threads={threads} dtypes={','.join(cfg.dtypes)} warmup={cfg.warmup} "
             f"repeat={cfg.repeat} backend={cfg.backend} load average before={load_before}",
             flush=True,
         )
+        peers: list[_Peer] = []
+        peer_notes: dict[str, str] = {}
+        peer_versions: dict[str, str | None] = {}
+        if "dropblock2d" in cfg.ops:
+            peers, peer_notes, peer_versions = _dropblock_peers(PEER_BLOCK_SIZE)
+            missing = [name for name, why in peer_notes.items() if why.endswith("not installed")]
+            if missing:
+                print(f"note: dropblock2d peers not installed (no rows, targets not measured): "
+                      f"{', '.join(missing)}", flush=True)
+            for name, why in peer_notes.items():
+                if name not in missing:
+                    print(f"note: {why}", flush=True)
         rows: list[Row] = []
         for dtype_name in cfg.dtypes:
-            rows += _measure(cfg, dtype_name, threads)
+            rows += _measure(cfg, dtype_name, threads, peers, peer_notes)
         env = environment()
         env["load_average_before_run"] = load_before
+        if "dropblock2d" in cfg.ops:
+            env["dropblock_peers"] = peer_versions
     finally:
         torch.set_num_threads(old_threads)
         dropkit.set_backend(old_backend)
-    checks = check_targets(rows)
+    checks = check_targets(rows, peer_notes)
     print(format_table(rows))
     print()
     print("torch/this: torch's median over this row's median for the same op and pass "
           "(> 1: faster than torch).")
     print("GB/s counts 2*element_size bytes per element per pass (fill references: 1).")
-    print("Targets (stated for float32, 2 cores, 2**24 elements, p=0.1):")
+    print("Targets (stated for float32, 2 cores, p=0.1, 2**24 elements; "
+          f"DropBlock: {DEFAULT_DROPBLOCK_SHAPE}, per_channel=True):")
     print(format_checks(checks))
     if cfg.json_path is not None:
         report = {
             "config": {
                 "numel": cfg.numel, "shape": list(cfg.shape), "p": cfg.p,
                 "dtypes": cfg.dtypes, "threads": threads, "warmup": cfg.warmup,
-                "repeat": cfg.repeat, "backend": cfg.backend,
+                "repeat": cfg.repeat, "backend": cfg.backend, "ops": cfg.ops,
+                "dropblock_shape": list(cfg.dropblock_shape), "block_sizes": cfg.block_sizes,
             },
             "environment": env,
             "rows": [_row_json(r) for r in rows],
             "targets": checks,
+            "notes": list(peer_notes.values()),
         }
         with open(cfg.json_path, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
@@ -609,7 +942,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description=(
             "Time dropkit's dropout and spatial_dropout2d against torch.nn.functional's on the "
             "same CPU tensors (forward, forward+backward), with memory-bound floors, and "
-            "measure the bytes autograd keeps for backward."
+            "measure the bytes autograd keeps for backward; also DropBlock (against "
+            "torchvision, timm and the dropblock package when installed) and DropPath."
         ),
     )
     parser.add_argument("--numel", type=int, default=None,
@@ -630,6 +964,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         help=f"untimed iterations per row, at least {MIN_WARMUP} (default 3)")
     parser.add_argument("--backend", default="auto",
                         help=f"dropkit's CPU backend: {', '.join(BACKEND_NAMES)} (default auto)")
+    parser.add_argument("--ops", default=None, metavar="LIST",
+                        help=f"comma list of {', '.join(OP_NAMES)} (default: all)")
+    parser.add_argument("--dropblock-shape", default=",".join(map(str, DEFAULT_DROPBLOCK_SHAPE)),
+                        metavar="N,C,H,W",
+                        help="dropblock2d input shape (default 32,256,28,28)")
+    parser.add_argument("--block-sizes", default=",".join(map(str, DEFAULT_BLOCK_SIZES)),
+                        metavar="LIST",
+                        help="dropblock2d block sizes for per_channel=True (default 3,5,7,9; "
+                             f"per_channel=False and the peers use {PEER_BLOCK_SIZE})")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write every row and an environment block as JSON")
     parser.set_defaults(func=run)

@@ -145,11 +145,9 @@ def _copy_select(xs, os_, keep):
         os_[j] = xs[j] if keep[j] else 0
 
 
-@nb.njit(parallel=True, cache=True)
-def _apply_first(x, out, keep, channels, shared, size, scale, scaled):
-    """Channels-first data (rows of ``size`` units, ``channels`` rows per sample)."""
-    rows = x.size // size
-    for row in nb.prange(rows):
+@nb.njit(cache=True)
+def _first_range(x, out, keep, channels, shared, size, start, stop, scale, scaled):
+    for row in range(start, stop):
         plane = row // channels if shared else row
         xs = x[row * size:(row + 1) * size]
         os_ = out[row * size:(row + 1) * size]
@@ -158,6 +156,16 @@ def _apply_first(x, out, keep, channels, shared, size, scale, scaled):
             _select(xs, os_, ks, scale)
         else:
             _copy_select(xs, os_, ks)
+
+
+@nb.njit(parallel=True, cache=True)
+def _apply_first(x, out, keep, channels, shared, size, per_item, scale, scaled):
+    """Channels-first data (rows of ``size`` units, ``channels`` rows per sample)."""
+    rows = x.size // size
+    for item in nb.prange((rows + per_item - 1) // per_item):
+        start = np.int64(item) * per_item
+        _first_range(x, out, keep, channels, shared, size, start, min(start + per_item, rows),
+                     scale, scaled)
 
 
 @nb.njit(cache=True)
@@ -198,8 +206,12 @@ def keep_mask(
     keep = np.empty(n_planes * size, dtype=np.uint8)
     counts = np.empty(n_planes, dtype=np.int64)
     per_item = max(1, _ITEM // max(size, 1))
-    _keep_planes(keep, counts, per_item, _padded(spatial, 1), _padded(cal.block, 1),
-                 np.uint32(key[0]), np.uint32(key[1]), np.int64(cal.threshold))
+    args = (_padded(spatial, 1), _padded(cal.block, 1), np.uint32(key[0]), np.uint32(key[1]),
+            np.int64(cal.threshold))
+    if n_planes <= per_item:  # one work item: no parallel launch (small inputs)
+        _plane_range(keep, counts, 0, n_planes, *args)
+    else:
+        _keep_planes(keep, counts, per_item, *args)
     return keep.reshape(n_planes, size), int(counts.sum())
 
 
@@ -229,11 +241,16 @@ def apply(x, key, cal, n, c, spatial, per_channel, scale, channels_last) -> torc
     scale_arg = compute(0.0 if factor is None else factor)
     size = math.prod(spatial)
     _sync_threads()
+    args = (keep.reshape(-1), c, not per_channel, size)
+    scaling = (scale_arg, factor is not None)
     if channels_last:
-        per_item = max(1, _ITEM // max(c, 1))
-        _apply_last(xs, os_, keep.reshape(-1), c, not per_channel, size, per_item, scale_arg,
-                    factor is not None)
+        units, serial, parallel, per_item = x.numel() // c, _last_range, _apply_last, _ITEM // c
     else:
-        _apply_first(xs, os_, keep.reshape(-1), c, not per_channel, size, scale_arg,
-                     factor is not None)
+        units, serial, parallel, per_item = x.numel() // size, _first_range, _apply_first, (
+            _ITEM // size)
+    per_item = max(1, per_item)
+    if units <= per_item:  # one work item: no parallel launch (small inputs)
+        serial(xs, os_, *args, 0, units, *scaling)
+    else:
+        parallel(xs, os_, *args, per_item, *scaling)
     return out
