@@ -3,6 +3,8 @@
 Subcommands:
     gallery  PNG pictures of what each variant drops (``dropkit.cli.gallery``)
     bench    dropkit against torch's dropout on the same tensors (``dropkit.cli.bench``)
+    audit    requested p against the realized drop fraction, for dropkit and installed peers
+             (``dropkit.cli.audit``)
     info     versions, backends and threads
 
 Every subcommand returns an exit code; bad arguments give a one-line error and exit code 2.
@@ -48,15 +50,19 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import bench, gallery
+    from . import audit, bench, gallery
 
     parser = argparse.ArgumentParser(
         prog="dropkit",
-        description="The dropout family for PyTorch: pictures, benchmarks and environment info.",
+        description=(
+            "The dropout family for PyTorch: pictures, benchmarks, a calibration audit and "
+            "environment info."
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gallery.add_parser(sub)
     bench.add_parser(sub)
+    audit.add_parser(sub)
     info = sub.add_parser("info", help="versions, backends found, threads",
                           description="Print versions, the backend in use and thread counts.")
     info.set_defaults(func=_info)
