@@ -63,6 +63,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._args import make_folder, parse_int, parse_out
+
 if TYPE_CHECKING:
     import torch
 
@@ -941,20 +943,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_int(name: str, value: object, low: int, high: int, interval: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be an int in {interval}, got {value!r}.")
-    try:
-        number = int(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
-        if not isinstance(value, str) and number != value:
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"`{name}` must be an int in {interval}, got {value!r}.") from None
-    if not low <= number <= high:
-        raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
-    return number
-
-
 def _parse_device(value: object) -> torch.device:
     import torch
 
@@ -971,24 +959,6 @@ def _parse_device(value: object) -> torch.device:
             f"`--device` {value!r} is not usable here: {_error_text(err)}"
         ) from None
     return device
-
-
-def _parse_out(value: object) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | Path) or not str(value).strip():
-        raise ValueError(f"`--out` must be a folder path, got {value!r}.")
-    return Path(value)
-
-
-def _make_folder(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise OSError(f"cannot write to {str(folder)!r}: it exists and is not a folder.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = err.strerror or str(err)
-        raise OSError(f"cannot create the output folder {str(folder)!r}: {reason}.") from None
 
 
 def environment(peer_status: dict[str, str]) -> dict[str, Any]:
@@ -1020,12 +990,12 @@ def run(args: argparse.Namespace) -> int:
     """
     quick = bool(args.quick)
     draws = (DEFAULT_QUICK_DRAWS if quick else DEFAULT_DRAWS) if args.draws is None else (
-        _parse_int("--draws", args.draws, MIN_DRAWS, MAX_DRAWS, f"[{MIN_DRAWS}, {MAX_DRAWS}]"))
-    seed = _parse_int("--seed", args.seed, 0, MAX_SEED, "[0, 2**64)")
-    folder = _parse_out(args.out)
+        parse_int("--draws", args.draws, MIN_DRAWS, MAX_DRAWS, f"[{MIN_DRAWS}, {MAX_DRAWS}]"))
+    seed = parse_int("--seed", args.seed, 0, MAX_SEED, "[0, 2**64)")
+    folder = None if args.out is None else parse_out(args.out)
     device = _parse_device(args.device)
     if folder is not None:
-        _make_folder(folder)
+        make_folder(folder)
     start = time.perf_counter()
     peers, peer_status = peer_cases()
     cases = grid(quick)

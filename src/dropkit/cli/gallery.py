@@ -27,8 +27,9 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from ._args import make_folder, parse_int, parse_out
 
 __all__ = ["add_parser", "run"]
 
@@ -96,38 +97,6 @@ def _parse_p(value: object) -> float:
     return p
 
 
-def _parse_int(name: str, value: object, low: int, high: int, interval: str) -> int:
-    """An int option in ``[low, high]``; ``interval`` is how messages write that range."""
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be an int in {interval}, got {value!r}.")
-    try:
-        number = int(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
-        if not isinstance(value, str) and number != value:
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"`{name}` must be an int in {interval}, got {value!r}.") from None
-    if not low <= number <= high:
-        raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
-    return number
-
-
-def _parse_out(value: object) -> Path:
-    if not isinstance(value, str | Path) or not str(value).strip():
-        raise ValueError(f"`--out` must be a folder path, got {value!r}.")
-    return Path(value)
-
-
-def _make_folder(folder: Path) -> Path:
-    if folder.exists() and not folder.is_dir():
-        raise OSError(f"cannot write to {str(folder)!r}: it exists and is not a folder.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = err.strerror or str(err)
-        raise OSError(f"cannot create the output folder {str(folder)!r}: {reason}.") from None
-    return folder
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -139,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
         OSError: The output folder cannot be created or written (exit code 1).
     """
     p = _parse_p(args.p)
-    seed = _parse_int("--seed", args.seed, 0, MAX_SEED, "[0, 2**64)")
-    dpi = _parse_int("--dpi", args.dpi, MIN_DPI, MAX_DPI, f"[{MIN_DPI}, {MAX_DPI}]")
-    folder = _parse_out(args.out)
+    seed = parse_int("--seed", args.seed, 0, MAX_SEED, "[0, 2**64)")
+    dpi = parse_int("--dpi", args.dpi, MIN_DPI, MAX_DPI, f"[{MIN_DPI}, {MAX_DPI}]")
+    folder = parse_out(args.out)
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
     except ImportError as err:
@@ -152,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    _make_folder(folder)
+    make_folder(folder)
     pictures: list[tuple[str, Callable[[float, int], Any]]] = [
         ("seeds_1x7x5.png", _seeds_figure),
         ("image_like.png", _image_figure),
