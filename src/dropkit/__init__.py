@@ -6,7 +6,7 @@
 [2.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
 """
 
-from . import functional, nn, rng, schedules
+from . import functional, mc, nn, rng, schedules
 from .kernels import get_backend, set_backend
 from .schedules import depth_rates
 
@@ -17,6 +17,7 @@ __all__ = [
     "depth_rates",
     "functional",
     "get_backend",
+    "mc",
     "nn",
     "rng",
     "schedules",
