@@ -13,6 +13,8 @@ from .dropout import (
     SpatialDropout3d,
     TimestepDropout,
 )
+from .sequence import EmbeddingDropout, LockedDropout
+from .weight_drop import WeightDrop
 
 __all__ = [
     "AlphaDropout",
@@ -21,10 +23,13 @@ __all__ = [
     "DropBlock3d",
     "DropPath",
     "Dropout",
+    "EmbeddingDropout",
     "GaussianDropout",
+    "LockedDropout",
     "RateModule",
     "SpatialDropout1d",
     "SpatialDropout2d",
     "SpatialDropout3d",
     "TimestepDropout",
+    "WeightDrop",
 ]
