@@ -40,6 +40,7 @@ __all__ = [
     "drop_block1d",
     "drop_block2d",
     "drop_block3d",
+    "drop_connect",
     "drop_path",
     "dropout",
     "gaussian_dropout",
@@ -477,3 +478,4 @@ def drop_path(
 
 
 from ._drop_block import drop_block1d, drop_block2d, drop_block3d  # noqa: E402  (imports this module)
+from ._drop_connect import drop_connect  # noqa: E402

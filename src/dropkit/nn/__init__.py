@@ -3,6 +3,12 @@ the same checks as :mod:`dropkit.functional`, and calls one function in ``forwar
 
 from ._rate import RateModule
 from .drop_block import DropBlock1d, DropBlock2d, DropBlock3d
+from .drop_connect import (
+    DropConnectConv1d,
+    DropConnectConv2d,
+    DropConnectConv3d,
+    DropConnectLinear,
+)
 from .drop_path import DropPath
 from .dropout import (
     AlphaDropout,
@@ -21,6 +27,10 @@ __all__ = [
     "DropBlock1d",
     "DropBlock2d",
     "DropBlock3d",
+    "DropConnectConv1d",
+    "DropConnectConv2d",
+    "DropConnectConv3d",
+    "DropConnectLinear",
     "DropPath",
     "Dropout",
     "EmbeddingDropout",
