@@ -72,6 +72,14 @@ def _check_n_samples(name: str, n_samples: object) -> int:
 class _DropConnectMixin:
     """Shared settings, checks and inference for the DropConnect layers."""
 
+    def _copy_parameters(self, module: nn.Module):
+        """Copy ``module``'s weight and bias into this layer (for ``from_module``); returns it."""
+        with torch.no_grad():
+            self.weight.copy_(module.weight)
+            if module.bias is not None:
+                self.bias.copy_(module.bias)
+        return self
+
     def _setup(self, p, mask, inference, n_samples, activation) -> None:
         name = type(self).__name__
         self._p_tensor = torch.zeros((), dtype=torch.float64)
@@ -185,11 +193,7 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, _RateBase):
         w = module.weight
         new = cls(module.in_features, module.out_features, module.bias is not None,
                   device=w.device, dtype=w.dtype, p=p, **kwargs)
-        with torch.no_grad():
-            new.weight.copy_(w)
-            if module.bias is not None:
-                new.bias.copy_(module.bias)
-        return new
+        return new._copy_parameters(module)
 
     def _bias_axis(self, mu: Tensor) -> int:
         return mu.dim() - 1
@@ -258,11 +262,7 @@ def _conv_class(dims: int):
                       module.stride, module.padding, module.dilation, module.groups,
                       module.bias is not None, module.padding_mode, device=w.device,
                       dtype=w.dtype, p=p, **kwargs)
-            with torch.no_grad():
-                new.weight.copy_(w)
-                if module.bias is not None:
-                    new.bias.copy_(module.bias)
-            return new
+            return new._copy_parameters(module)
 
         def _bias_axis(self, mu: Tensor) -> int:
             return mu.dim() - dims - 1
