@@ -6,7 +6,8 @@
 [2.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
 """
 
-from . import functional, mc, nn, rng, schedules
+from . import distributed, functional, mc, nn, rng, schedules
+from .convert import convert
 from .kernels import get_backend, set_backend
 from .schedules import depth_rates
 
@@ -14,7 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "convert",
     "depth_rates",
+    "distributed",
     "functional",
     "get_backend",
     "mc",

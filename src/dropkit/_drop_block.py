@@ -69,6 +69,44 @@ def block_keep_mask(seeds: Tensor, block: Sequence[int]) -> Tensor:
     return ~covered
 
 
+def block_keep_at(
+    key: tuple[int, int],
+    threshold: int,
+    field: tuple[int, ...],
+    block: Sequence[int],
+    local: tuple[int, ...],
+    offset: tuple[int, ...],
+    device=None,
+) -> Tensor:
+    """Keep mask of one shard: the units ``offset ... offset + local`` (logical ``(N, C,
+    *spatial)``, ``C`` of size 1 when the mask is shared) of the mask that the global seed field
+    ``field = (N, C, *starts)`` gives. Only the seeds whose blocks can reach the shard are drawn
+    (a halo of ``block - 1`` starts), read at their global field indices, so every shard gets
+    exactly its slice of the unsplit mask."""
+    lo = [offset[0], offset[1]]
+    window = [local[0], local[1]]
+    for axis in range(2, len(field)):
+        first = max(0, offset[axis] - block[axis - 2] + 1)
+        last = min(field[axis] - 1, offset[axis] + local[axis] - 1)
+        lo.append(first)
+        window.append(last - first + 1)
+    index = torch_ref.field_index(tuple(window), field, tuple(lo), device)
+    words = torch_ref.block_words(key, index >> 2, spec.STREAM_DROPBLOCK)
+    word = torch.gather(words, -1, (index & 3).unsqueeze(-1)).squeeze(-1)
+    covered = word < threshold
+    for axis in range(2, len(field)):
+        # Unit g (global) is covered iff a seed starts in [g - b + 1, g] on this axis; in window
+        # coordinates that range is clipped to [0, W), and counted with a prefix sum.
+        b, width = block[axis - 2], window[axis]
+        prefix = torch.cumsum(covered, dim=axis, dtype=torch.int32)
+        prefix = torch.cat([torch.zeros_like(prefix.narrow(axis, 0, 1)), prefix], dim=axis)
+        g = torch.arange(local[axis], device=device) + offset[axis] - lo[axis]
+        upper = prefix.index_select(axis, (g + 1).clamp(0, width))
+        lower = prefix.index_select(axis, (g - b + 1).clamp(0, width))
+        covered = upper > lower
+    return ~covered
+
+
 def _channels_first(x: Tensor, spatial_dims: int, channels_last: bool) -> Tensor:
     """``x`` as a logical ``(N, C, *spatial)`` view (unbatched inputs get ``N = 1``)."""
     if x.dim() == spatial_dims + 1:
@@ -173,6 +211,57 @@ def _backward(ctx, grad):
 
 
 drop_block_op.register_autograd(_backward, setup_context=_setup)
+
+
+@torch.library.custom_op("dropkit::drop_block_at", mutates_args=())
+def drop_block_at_op(
+    x: Tensor,
+    key: Tensor,
+    p: Tensor,
+    block_size: list[int],
+    per_channel: bool,
+    scale: str,
+    channels_last: bool,
+    global_shape: list[int],
+    offset: list[int],
+) -> Tensor:
+    """DropBlock of one shard ``x`` of a global input of ``global_shape`` (``offset`` per axis):
+    the mask is the shard's slice of the global mask. ``scale`` is ``"expected"`` or ``"none"``
+    (the batch count of ``"batch"`` would need every shard)."""
+    spatial_dims = len(block_size)
+    n, c, spatial = spec.layout(tuple(global_shape), spatial_dims, channels_last)
+    cal = spec.calibrate(spatial, tuple(block_size), _ops.read_rate(p))
+    if x.numel() == 0 or cal.threshold == 0:
+        return x.clone(memory_format=torch.contiguous_format)
+    if cal.threshold >= spec.WORD_RANGE:
+        return torch.zeros_like(x, memory_format=torch.contiguous_format)
+    batched = len(global_shape) == spatial_dims + 2
+    ln, lc, lspatial = spec.layout(tuple(x.shape), spatial_dims, channels_last)
+    on, oc, ospatial = spec.layout(tuple(offset), spatial_dims, channels_last)
+    on = on if batched else 0
+    starts = tuple(s - b + 1 for s, b in zip(spatial, cal.block, strict=True))
+    field = (n, c if per_channel else 1, *starts)
+    local = (ln, lc if per_channel else 1, *lspatial)
+    first = (on, oc if per_channel else 0, *ospatial)
+    k0, k1 = (int(k) for k in key.tolist())
+    keep = block_keep_at((k0, k1), cal.threshold, field, cal.block, local, first, x.device)
+    ct = torch_ref.compute_dtype(x.dtype)
+    factor = (torch.tensor(spec.expected_scale(cal), dtype=ct, device=x.device)
+              if scale == "expected" else None)
+    return _apply_torch(x, keep, factor, channels_last, spatial_dims)
+
+
+@drop_block_at_op.register_fake
+def _(x, key, p, block_size, per_channel, scale, channels_last, global_shape, offset):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _backward_at(ctx, grad):
+    (key,) = ctx.saved_tensors
+    return drop_block_at_op(grad, key, *ctx.params), *(None,) * 8
+
+
+drop_block_at_op.register_autograd(_backward_at, setup_context=_setup)
 
 
 # ---------------------------------------------------------------------------------------------

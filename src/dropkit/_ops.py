@@ -6,6 +6,9 @@ see one opaque, well-described operation per call instead of Python control flow
   ``x``. Plain, spatial, timestep and alpha dropout are all this op. Its backward is the same op
   applied to the gradient with ``shift = fill = 0``: autograd saves only the 2-word ``key``.
 * ``dropkit::masked_affine_`` is the in-place twin (used when no gradient is needed).
+* ``dropkit::masked_affine_at(x, key, threshold, field_shape, offset, ...)`` is the same op for
+  one shard of a bigger tensor: ``x`` starts at ``offset`` of a global input whose noise field
+  is ``field_shape``, and reads its slice of that field (:mod:`dropkit.distributed`).
 * ``dropkit::gaussian_mul(x, key, std)`` computes ``x * (1 + std * z)``, z standard normal, in the
   compute dtype (float32, or float64 for float64 inputs); its backward is the same op on the
   gradient.
@@ -97,6 +100,47 @@ def masked_affine_(
 @masked_affine_.register_fake
 def _(x, key, threshold, noise_shape, scale, shift, fill):
     return None
+
+
+@torch.library.custom_op("dropkit::masked_affine_at", mutates_args=())
+def masked_affine_at(
+    x: Tensor,
+    key: Tensor,
+    threshold: int,
+    field_shape: list[int],
+    offset: list[int],
+    scale: float,
+    shift: float,
+    fill: float,
+) -> Tensor:
+    if threshold >= rng.LANE_RANGE:
+        return torch.full_like(x, fill, memory_format=torch.contiguous_format)
+    index = torch_ref.field_index(tuple(x.shape), tuple(field_shape), tuple(offset), x.device)
+    keep = torch_ref.lanes_at(_key(key), index) >= threshold
+    return torch_ref.apply_keep(x, keep, scale, shift, fill)
+
+
+@masked_affine_at.register_fake
+def _(x, key, threshold, field_shape, offset, scale, shift, fill):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _masked_affine_at_setup(ctx, inputs, output):
+    _, key, threshold, field_shape, offset, scale, _, _ = inputs
+    ctx.save_for_backward(key)
+    ctx.params = (threshold, field_shape, offset, scale)
+
+
+def _masked_affine_at_backward(ctx, grad):
+    (key,) = ctx.saved_tensors
+    threshold, field_shape, offset, scale = ctx.params
+    grad_x = masked_affine_at(grad, key, threshold, field_shape, offset, scale, 0.0, 0.0)
+    return grad_x, None, None, None, None, None, None, None
+
+
+masked_affine_at.register_autograd(
+    _masked_affine_at_backward, setup_context=_masked_affine_at_setup
+)
 
 
 @torch.library.custom_op("dropkit::gaussian_mul", mutates_args=())

@@ -34,6 +34,8 @@ from torch import Tensor
 
 from . import _ops, rng
 from . import _validation as v
+from . import distributed as _distributed
+from .kernels import torch_ref
 
 __all__ = [
     "alpha_dropout",
@@ -90,16 +92,28 @@ def _check_common(fn, input, p, training, inplace, seed, generator) -> float | T
     return p
 
 
-def draw_key(seed: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+def draw_key(
+    seed: int | None = None, generator: torch.Generator | None = None, *, per_rank: bool = True
+) -> Tensor:
     """The Philox key ``[seed & 0xFFFFFFFF, seed >> 32]`` as an int64 tensor of shape (2,).
 
     Without ``seed``, both 32-bit words are drawn from ``generator`` (default: torch's default
-    CPU generator), which is the same as drawing a uniform 64-bit seed.
+    CPU generator), which is the same as drawing a uniform 64-bit seed. When
+    ``torch.distributed`` is initialized, a drawn key is made rank-dependent with
+    :func:`dropkit.rng.rank_key` unless ``per_rank=False`` (or
+    :func:`dropkit.distributed.rank_streams` turned it off); an explicit ``seed`` never is.
     """
     if seed is not None:
         return torch.tensor(rng.seed_to_key(seed), dtype=torch.int64)
     device = generator.device if generator is not None else "cpu"
-    return torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator, device=device)
+    key = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator, device=device)
+    rank = _distributed.stream_rank() if per_rank else None
+    if rank is None:
+        return key
+    zero = torch.zeros((), dtype=torch.int64, device=key.device)  # rng.rank_key, on tensors
+    r0, r1, _, _ = torch_ref.philox4x32(zero + (rank & rng.MASK32), zero + (rank >> 32),
+                                        zero + rng.STREAM_RANK, zero, key[0], key[1])
+    return torch.stack([r0, r1])
 
 
 _NO_KEY = (0, 0)  # p_eff == 1 draws nothing: every element is dropped without looking
@@ -118,19 +132,39 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace) -> Tensor:
     return input
 
 
-def _run_rate(input, p, noise_shape, kind, inplace, seed, generator, draw=True) -> Tensor:
+def _run_rate(
+    input, p, noise_shape, kind, inplace, seed, generator, draw=True, per_rank=True
+) -> Tensor:
     """The tensor-rate path: the op reads ``p`` at run time (no recompiles when it changes)."""
-    key = draw_key(seed, generator) if draw else torch.zeros(2, dtype=torch.int64)
+    key = (draw_key(seed, generator, per_rank=per_rank) if draw
+           else torch.zeros(2, dtype=torch.int64))
     out = _ops.rate_op(input, key, p, list(noise_shape), kind)
     return input.copy_(out) if inplace else out
 
 
-def _dropout_impl(input, p, training, inplace, mode, noise_shape, seed, generator) -> Tensor:
+def _eval_scale(input: Tensor, p: Tensor, inplace: bool) -> Tensor:
+    """Vanilla dropout at eval time with a tensor rate: ``input * (1 - p_eff)`` (exact zeros for
+    ``p_eff = 1``) in plain torch ops, with no custom op and no key, so an exported or compiled
+    eval graph holds a multiplication only (``docs/export.md``)."""
+    t = torch.floor(p.to(torch.float64) * rng.LANE_RANGE + 0.5)
+    scale = 1.0 - t / rng.LANE_RANGE
+    everything = (t >= rng.LANE_RANGE).to(input.device)
+    if inplace:
+        return input.mul_(scale).masked_fill_(everything, 0.0)
+    return (input * scale).masked_fill(everything, 0.0)
+
+
+def _dropout_impl(
+    input, p, training, inplace, mode, noise_shape, seed, generator, per_rank=True
+) -> Tensor:
     if input.numel() == 0 or (not training and mode == "inverted"):
         return input
     kind = ("inverted" if mode == "inverted" else "unscaled") if training else "eval"
     if isinstance(p, Tensor):
-        return _run_rate(input, p, noise_shape, kind, inplace, seed, generator, draw=training)
+        if not training:
+            return _eval_scale(input, p, inplace)
+        return _run_rate(input, p, noise_shape, kind, inplace, seed, generator,
+                         per_rank=per_rank)
     t, scale, _, _ = rng.affine_params(kind, p)
     if t == rng.LANE_RANGE:  # p_eff == 1: exact zeros, zero gradient, no RNG drawn
         return _run(input, _NO_KEY, t, noise_shape, 0.0, 0.0, 0.0, inplace)
@@ -138,7 +172,8 @@ def _dropout_impl(input, p, training, inplace, mode, noise_shape, seed, generato
         return input
     if not training:  # vanilla mode at eval time
         return input.mul_(scale) if inplace else input * scale
-    return _run(input, draw_key(seed, generator), t, noise_shape, scale, 0.0, 0.0, inplace)
+    key = draw_key(seed, generator, per_rank=per_rank)
+    return _run(input, key, t, noise_shape, scale, 0.0, 0.0, inplace)
 
 
 def dropout(
@@ -422,6 +457,7 @@ def drop_path(
     *,
     mode: str = "row",
     scale_by_keep: bool = True,
+    sync_ranks: bool = False,
     seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -442,6 +478,10 @@ def drop_path(
         mode: ``"row"`` or ``"batch"``.
         scale_by_keep: Scale kept samples by ``1 / (1 - p)`` (the default, as timm and
             torchvision do); ``False`` leaves them unscaled.
+        sync_ranks: Under ``torch.distributed``, draw the same decisions on every rank (a drawn
+            key is not made rank-dependent, see :mod:`dropkit.distributed`), so that a
+            ``"batch"``-mode drop skips the block on all ranks at once. The ranks' generators
+            must agree (the same ``torch.manual_seed``), or pass ``seed``.
         seed: Fixes the decisions: an int in ``[0, 2**64)``.
         generator: Draws the seed when ``seed`` is not given.
 
@@ -449,7 +489,7 @@ def drop_path(
         - Input: ``(N, *)``, at least one dimension. Output: same shape.
 
     Raises:
-        TypeError: As :func:`dropout`, or ``scale_by_keep`` not a bool.
+        TypeError: As :func:`dropout`, or ``scale_by_keep`` or ``sync_ranks`` not a bool.
         ValueError: As :func:`dropout`, an unknown ``mode``, or a 0-dimensional input.
 
     Example:
@@ -465,6 +505,7 @@ def drop_path(
     p = _check_common(fn, input, p, training, False, seed, generator)
     v.check_choice(fn, "mode", mode, DROP_PATH_MODES)
     v.check_bool(fn, "scale_by_keep", scale_by_keep)
+    v.check_bool(fn, "sync_ranks", sync_ranks)
     if input.dim() == 0:
         raise ValueError(
             f"{fn}: expected an input (N, *) with a batch dimension, got a 0D tensor."
@@ -474,7 +515,8 @@ def drop_path(
     if not training:
         return input
     mode = "inverted" if scale_by_keep else "unscaled"
-    return _dropout_impl(input, p, training, False, mode, noise_shape, seed, generator)
+    return _dropout_impl(input, p, training, False, mode, noise_shape, seed, generator,
+                         per_rank=not sync_ranks)
 
 
 from ._drop_block import drop_block1d, drop_block2d, drop_block3d  # noqa: E402  (imports this module)

@@ -44,6 +44,7 @@ __all__ = [
     "STREAM_BERNOULLI",
     "STREAM_DROPBLOCK",
     "STREAM_NORMAL",
+    "STREAM_RANK",
     "ArrayOps",
     "affine_params",
     "box_muller",
@@ -52,6 +53,7 @@ __all__ = [
     "keep_field",
     "normal_field",
     "philox4x32",
+    "rank_key",
     "seed_to_key",
     "threshold",
     "uniform16",
@@ -73,6 +75,7 @@ NORMALS_PER_BLOCK = 4  # two Box-Muller pairs of 32-bit words
 STREAM_BERNOULLI = 0  # counter word c2 for keep/drop decisions
 STREAM_NORMAL = 1  # counter word c2 for Gaussian noise
 STREAM_DROPBLOCK = 2  # counter word c2 for DropBlock's block seeds (32-bit words)
+STREAM_RANK = 3  # counter word c2 when a drawn key is made rank-dependent (docs/rng.md, 9)
 
 
 def seed_to_key(seed: int) -> tuple[int, int]:
@@ -164,6 +167,17 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = PHILOX_ROUNDS):
     if scalar:
         return int(c0), int(c1), int(c2), int(c3)
     return tuple(v.astype(np.uint32) for v in (c0, c1, c2, c3))
+
+
+def rank_key(key: tuple[int, int], rank: int) -> tuple[int, int]:
+    """The key a rank uses in place of a drawn ``key``: words 0 and 1 of the Philox block with
+    counter ``(rank & 0xFFFFFFFF, rank >> 32, 3, 0)`` under ``key`` (``docs/rng.md``, section 9).
+
+    >>> rank_key((0, 0), 0) != rank_key((0, 0), 1)
+    True
+    """
+    r0, r1, _, _ = philox4x32(rank & MASK32, rank >> 32, STREAM_RANK, 0, *key)
+    return r0, r1
 
 
 def _blocks(seed: int, first_block: int, n_blocks: int, stream: int) -> np.ndarray:

@@ -13,7 +13,17 @@ import torch
 
 from .. import rng
 
-__all__ = ["apply", "apply_keep", "compute_dtype", "keep_field", "normal_field", "philox4x32"]
+__all__ = [
+    "apply",
+    "apply_keep",
+    "block_words",
+    "compute_dtype",
+    "field_index",
+    "keep_field",
+    "lanes_at",
+    "normal_field",
+    "philox4x32",
+]
 
 _MASK32 = rng.MASK32
 
@@ -42,10 +52,48 @@ def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = rng.PHILOX_ROUNDS
     return c0, c1, c2, c3
 
 
-def _words(key: tuple[int, int], n_blocks: int, stream: int, device) -> torch.Tensor:
-    n = torch.arange(n_blocks, dtype=torch.int64, device=device)
-    zero = torch.zeros((), dtype=torch.int64, device=device)
+def block_words(key, n: torch.Tensor, stream: int) -> torch.Tensor:
+    """The four Philox words of blocks ``n`` (an int64 tensor of any shape): shape ``(*n, 4)``.
+    ``key`` is two ints, or two int64 tensors."""
+    zero = torch.zeros((), dtype=torch.int64, device=n.device)
     return torch.stack(philox4x32(n & _MASK32, n >> 32, zero + stream, zero, *key), dim=-1)
+
+
+def _words(key: tuple[int, int], n_blocks: int, stream: int, device) -> torch.Tensor:
+    return block_words(key, torch.arange(n_blocks, dtype=torch.int64, device=device), stream)
+
+
+def lanes_at(key: tuple[int, int], index: torch.Tensor) -> torch.Tensor:
+    """The 16-bit values ``u_i`` (stream 0) of the field elements ``index`` (int64, any shape):
+    element ``i`` reads lane ``i % 8`` of block ``i // 8``, as :func:`keep_field` numbers them."""
+    words = block_words(key, index >> 3, rng.STREAM_BERNOULLI)
+    word = torch.gather(words, -1, ((index & 7) >> 1).unsqueeze(-1)).squeeze(-1)
+    return (word >> ((index & 1) << 4)) & 0xFFFF
+
+
+def field_index(
+    local_shape: tuple[int, ...],
+    field_shape: tuple[int, ...],
+    offset: tuple[int, ...],
+    device=None,
+) -> torch.Tensor:
+    """Row-major indices in the global field ``field_shape`` of a local block of an input.
+
+    The input block has ``local_shape`` and starts at ``offset`` of the global input; an axis
+    where the field has size 1 is shared (index 0 there, local noise size 1). The result is an
+    int64 tensor of the local noise shape, so a shard reads exactly its slice of the field.
+    """
+    index = torch.zeros((), dtype=torch.int64, device=device)
+    stride = 1
+    for axis in reversed(range(len(field_shape))):
+        if field_shape[axis] != 1:
+            view = [1] * len(field_shape)
+            view[axis] = local_shape[axis]
+            pos = torch.arange(local_shape[axis], dtype=torch.int64, device=device)
+            index = index + ((pos + offset[axis]) * stride).reshape(view)
+        stride *= field_shape[axis]
+    local_noise = [n if f != 1 else 1 for n, f in zip(local_shape, field_shape, strict=True)]
+    return index.expand(local_noise)
 
 
 def keep_field(key: tuple[int, int], t: int, count: int, device=None) -> torch.Tensor:

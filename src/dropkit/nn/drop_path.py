@@ -19,6 +19,12 @@ class DropPath(RateModule):
             schedule such as :func:`dropkit.depth_rates` sets it per block.
         mode: ``"row"`` (one decision per sample) or ``"batch"``.
         scale_by_keep: Scale kept samples by ``1 / (1 - p)``.
+        sync_ranks: Same decisions on every rank under ``torch.distributed`` (see
+            :func:`dropkit.functional.drop_path`); by default each rank draws its own.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``mode``, ``scale_by_keep`` or
+            ``sync_ranks``; in ``forward`` as :func:`dropkit.functional.drop_path`.
 
     Example:
         >>> import torch, dropkit
@@ -28,17 +34,27 @@ class DropPath(RateModule):
         [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
 
-    def __init__(self, p: float = 0.0, *, mode: str = "row", scale_by_keep: bool = True) -> None:
+    def __init__(
+        self,
+        p: float = 0.0,
+        *,
+        mode: str = "row",
+        scale_by_keep: bool = True,
+        sync_ranks: bool = False,
+    ) -> None:
         super().__init__(p)
         name = type(self).__name__
         self.mode = v.check_choice(name, "mode", mode, F.DROP_PATH_MODES)
         self.scale_by_keep = v.check_bool(name, "scale_by_keep", scale_by_keep)
+        self.sync_ranks = v.check_bool(name, "sync_ranks", sync_ranks)
 
     def forward(
         self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         return F.drop_path(input, self._rate(), self.training, mode=self.mode,
-                           scale_by_keep=self.scale_by_keep, seed=seed, generator=generator)
+                           scale_by_keep=self.scale_by_keep, sync_ranks=self.sync_ranks,
+                           seed=seed, generator=generator)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}"
+        extra = ", sync_ranks=True" if self.sync_ranks else ""
+        return f"p={self.p}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}{extra}"

@@ -1,0 +1,508 @@
+"""Swap a model's dropout layers (torch, timm, torchvision) for dropkit modules.
+
+:func:`convert` walks a model, replaces each known dropout layer by the dropkit module of the
+same semantics (same rate, ``inplace`` flag, mode, masks per sample or per channel, scaling,
+block size) and returns a :class:`ConversionReport` that lists every replacement and every
+layer it left alone, with the reason.
+
+What is converted (torch classes by type, timm and torchvision classes by their fully qualified
+class name, so neither library has to be installed for dropkit to import):
+
+| Source class | dropkit module and arguments |
+|---|---|
+| ``torch.nn.Dropout(p, inplace)`` | ``Dropout(p, inplace)`` |
+| ``torch.nn.Dropout1d(p, inplace)`` | ``SpatialDropout1d(p, inplace)`` |
+| ``torch.nn.Dropout2d(p, inplace)`` | ``SpatialDropout2d(p, inplace)`` (note 1) |
+| ``torch.nn.Dropout3d(p, inplace)`` | ``SpatialDropout3d(p, inplace)`` |
+| ``torch.nn.AlphaDropout(p, inplace)`` | ``AlphaDropout(p, inplace)`` |
+| ``torch.nn.FeatureAlphaDropout(p, inplace)`` | ``AlphaDropout(p, inplace, noise_shape=(None, None, 1, ...))`` with ``feature_alpha_rank`` (note 2) |
+| timm ``DropPath(drop_prob, scale_by_keep)`` | ``DropPath(drop_prob, mode="row", scale_by_keep=scale_by_keep)`` |
+| timm ``DropBlock2d`` (>= 1.0.23) | ``DropBlock2d(drop_prob * gamma_scale, block_size, inplace, per_channel=not couple_channels, scale="batch" if scale_by_keep else "none")`` (note 3) |
+| timm ``DropBlock2d`` (<= 1.0.22) | the same with ``per_channel=True, scale="batch"`` (note 3) |
+| torchvision ``StochasticDepth(p, mode)`` | ``DropPath(p, mode=mode, scale_by_keep=True)`` |
+| torchvision ``DropBlock2d/3d(p, block_size, inplace, eps)`` | ``DropBlock2d/3d(p, block_size, inplace, per_channel=True, scale="batch")`` (note 4) |
+
+The timm classes are matched as ``timm.layers.drop.*`` and, before timm 0.9,
+``timm.models.layers.drop.*``; torchvision's as ``torchvision.ops.stochastic_depth.*`` and
+``torchvision.ops.drop_block.*``.
+
+Notes:
+
+1. ``torch.nn.Dropout2d`` treats a 3-D input as ``(N, C, L)`` (with a deprecation warning
+   announcing ``(C, H, W)`` instead); ``SpatialDropout2d`` treats it as the unbatched
+   ``(C, H, W)``. 4-D inputs behave the same.
+2. ``FeatureAlphaDropout`` shares one decision per (sample, channel) over all remaining axes,
+   whatever the input's rank; a ``noise_shape`` has one entry per axis, so the rank must be
+   given (``feature_alpha_rank=4`` for ``(N, C, H, W)``). Without it the layer is skipped.
+3. timm's seed rate is ``gamma_scale * drop_prob`` corrected for valid block positions, but it
+   seeds the whole map, so its realized dropped fraction exceeds that nominal rate, by far on
+   small maps (measured with a copy of timm's code, block 7, ``drop_prob=0.1``: 0.93 on 7x7
+   maps, 0.22 on 14x14, 0.11 on 56x56). dropkit's DropBlock is calibrated: the expected
+   dropped fraction is exactly ``p``.
+   ``with_noise=True`` (Gaussian fill) and the old non-fast ``batchwise=True`` (one mask for
+   the whole batch) have no dropkit equivalent: such layers are skipped.
+4. torchvision seeds only valid positions with the paper's approximate seed rate (its realized
+   fraction is slightly below ``p`` because blocks overlap); dropkit's is exactly ``p``.
+   ``eps`` is not needed (an all-dropped map gives zeros, never a division by zero).
+
+Only these exact classes are converted: a subclass (which may override ``forward``) is
+reported as skipped, as are layers with hooks, parameters, buffers or children, and layers
+whose settings dropkit rejects (e.g. ``p`` set to 1.5 after construction)."""  # noqa: E501
+
+from __future__ import annotations
+
+import copy as _copy
+import dataclasses
+import fnmatch
+import numbers
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+from . import nn as dnn
+
+__all__ = ["ConversionReport", "ConvertedModule", "SkippedModule", "convert"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedModule:
+    """One replaced layer.
+
+    Attributes:
+        name: Qualified name in the model (``""`` for the model itself); a layer registered
+            under several names is listed once, under its first name, and replaced everywhere.
+        source: The replaced class, e.g. ``"torch.nn.Dropout"`` or
+            ``"timm.layers.drop.DropPath"``.
+        target: The new class, e.g. ``"dropkit.nn.Dropout"``.
+        source_settings: The attributes read from the replaced layer.
+        settings: The arguments the new module was built with.
+        training: The ``training`` flag, the same on both.
+        notes: Differences in behaviour worth knowing (empty when there are none).
+
+    Example:
+        >>> import torch, dropkit
+        >>> record = dropkit.convert(torch.nn.Sequential(torch.nn.Dropout1d(0.2))).converted[0]
+        >>> record.name, record.source, record.target, record.settings
+        ('0', 'torch.nn.Dropout1d', 'dropkit.nn.SpatialDropout1d', {'p': 0.2, 'inplace': False})
+    """
+
+    name: str
+    source: str
+    target: str
+    source_settings: dict[str, Any]
+    settings: dict[str, Any]
+    training: bool
+    notes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedModule:
+    """A layer of a known dropout class that was left unconverted, and why.
+
+    Attributes:
+        name: Qualified name in the model (``""`` for the model itself).
+        source: The layer's class, as in :class:`ConvertedModule`.
+        reason: Why it was left as it is.
+
+    Example:
+        >>> import torch, dropkit
+        >>> dropkit.convert(torch.nn.Sequential(torch.nn.FeatureAlphaDropout())).skipped[0].name
+        '0'
+    """
+
+    name: str
+    source: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What :func:`convert` did.
+
+    ``len(report)`` is the number of converted layers; ``str(report)`` a readable table.
+
+    Attributes:
+        model: The converted model: ``model`` itself, its copy with ``copy=True``, or the new
+            module when ``model`` itself is a converted dropout layer.
+        converted: One :class:`ConvertedModule` per replaced layer, in module order.
+        skipped: One :class:`SkippedModule` per layer of a known class that passed the
+            ``include``/``exclude`` filters but was not converted.
+
+    Example:
+        >>> import torch, dropkit
+        >>> report = dropkit.convert(torch.nn.Sequential(torch.nn.AlphaDropout(0.1)), copy=True)
+        >>> len(report), type(report.model[0]).__name__, report.skipped
+        (1, 'AlphaDropout', [])
+    """
+
+    model: nn.Module
+    converted: list[ConvertedModule] = dataclasses.field(default_factory=list)
+    skipped: list[SkippedModule] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.converted)
+
+    def __str__(self) -> str:
+        lines = [f"converted {len(self.converted)} module(s), skipped {len(self.skipped)}"]
+        if self.converted:
+            rows = [("name", "from", "to", "settings")]
+            for c in self.converted:
+                settings = ", ".join(f"{k}={v!r}" for k, v in c.settings.items())
+                rows.append((_shown(c.name), c.source, c.target, settings))
+            lines += _table(rows)
+            notes = [(c.name, n) for c in self.converted for n in c.notes]
+            lines += [f"note: {_shown(name)}: {note}" for name, note in notes]
+        if self.skipped:
+            lines.append("skipped:")
+            lines += [f"  {_shown(s.name)} ({s.source}): {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def _shown(name: str) -> str:
+    return name if name else "<model>"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    out = []
+    for r in rows:
+        cells = [cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)]
+        out.append("  ".join([*cells, r[-1]]).rstrip())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules: read the source layer, build the dropkit module
+
+
+class _Skip(Exception):
+    """Raised by a rule: the layer stays as it is, with this reason."""
+
+
+_Result = tuple[nn.Module, dict[str, Any], dict[str, Any], tuple[str, ...]]
+_Rule = Callable[[nn.Module, "_Options"], _Result]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    feature_alpha_rank: int | None
+
+
+def _attrs(module: nn.Module, *names: str) -> dict[str, Any]:
+    return {n: getattr(module, n) for n in names}
+
+
+def _build(cls: type[nn.Module], source: dict[str, Any], notes: tuple[str, ...] = (),
+           **settings: Any) -> _Result:
+    return cls(**settings), source, settings, notes
+
+
+def _torch_simple(cls: type[nn.Module], *notes: str) -> _Rule:
+    def rule(m: nn.Module, options: _Options) -> _Result:
+        src = _attrs(m, "p", "inplace")
+        return _build(cls, src, notes, p=src["p"], inplace=src["inplace"])
+
+    return rule
+
+
+_DROPOUT2D_NOTE = (
+    "a 3-D input is read as unbatched (C, H, W); torch.nn.Dropout2d reads it as (N, C, L) "
+    "with a deprecation warning (dropkit.nn.SpatialDropout1d is that behaviour)"
+)
+
+
+def _feature_alpha(m: nn.Module, options: _Options) -> _Result:
+    src = _attrs(m, "p", "inplace")
+    rank = options.feature_alpha_rank
+    if rank is None:
+        raise _Skip(
+            "channel-wise alpha dropout needs the input rank for its noise_shape: pass "
+            "feature_alpha_rank (e.g. 4 for (N, C, H, W) inputs)"
+        )
+    noise_shape = (None, None) + (1,) * (rank - 2)
+    note = f"expects {rank}-D inputs (feature_alpha_rank={rank})"
+    return _build(dnn.AlphaDropout, src, (note,), p=src["p"], inplace=src["inplace"],
+                  noise_shape=noise_shape)
+
+
+def _timm_drop_path(m: nn.Module, options: _Options) -> _Result:
+    src = {"drop_prob": m.drop_prob, "scale_by_keep": getattr(m, "scale_by_keep", True)}
+    notes: tuple[str, ...] = ()
+    p = src["drop_prob"]
+    if p is None:  # timm < 0.5 defaulted to drop_prob=None, meaning no drop path
+        p, notes = 0.0, ("drop_prob=None read as 0",)
+    return _build(dnn.DropPath, src, notes, p=p, mode="row", scale_by_keep=src["scale_by_keep"])
+
+
+_TIMM_BLOCK_NOTE = (
+    "p = drop_prob * gamma_scale is the exact expected dropped fraction; timm seeds the whole "
+    "map, so it drops more than that on small maps"
+)
+
+
+def _timm_drop_block(m: nn.Module, options: _Options) -> _Result:
+    src = _attrs(m, "drop_prob", "block_size", "gamma_scale", "with_noise", "inplace")
+    if src["with_noise"]:
+        raise _Skip("with_noise=True (Gaussian noise in dropped blocks) has no dropkit equivalent")
+    if hasattr(m, "couple_channels"):  # timm >= 1.0.23
+        src.update(_attrs(m, "couple_channels", "scale_by_keep"))
+        per_channel = not src["couple_channels"]
+        scale = "batch" if src["scale_by_keep"] else "none"
+    else:  # timm <= 1.0.22: per-channel masks; `batchwise` only on the non-fast path
+        src.update({"batchwise": getattr(m, "batchwise", False), "fast": getattr(m, "fast", True)})
+        if src["batchwise"] and not src["fast"]:
+            raise _Skip("batchwise=True (one mask shared by the whole batch) has no dropkit "
+                        "equivalent")
+        per_channel, scale = True, "batch"
+    p = src["drop_prob"] * src["gamma_scale"]
+    if not 0.0 <= p <= 1.0:
+        raise _Skip(f"drop_prob * gamma_scale = {p!r} is not a rate in [0, 1]")
+    return _build(dnn.DropBlock2d, src, (_TIMM_BLOCK_NOTE,), p=p, block_size=src["block_size"],
+                  inplace=src["inplace"], per_channel=per_channel, scale=scale)
+
+
+def _tv_stochastic_depth(m: nn.Module, options: _Options) -> _Result:
+    src = _attrs(m, "p", "mode")
+    return _build(dnn.DropPath, src, p=src["p"], mode=src["mode"], scale_by_keep=True)
+
+
+_TV_BLOCK_NOTE = (
+    "p is the exact expected dropped fraction (torchvision's realized fraction is slightly "
+    "lower); eps is not needed"
+)
+
+
+def _tv_drop_block(cls: type[nn.Module]) -> _Rule:
+    def rule(m: nn.Module, options: _Options) -> _Result:
+        src = _attrs(m, "p", "block_size", "inplace", "eps")
+        return _build(cls, src, (_TV_BLOCK_NOTE,), p=src["p"], block_size=src["block_size"],
+                      inplace=src["inplace"], per_channel=True, scale="batch")
+
+    return rule
+
+
+_TORCH_RULES: dict[type[nn.Module], tuple[str, _Rule]] = {
+    nn.Dropout: ("torch.nn.Dropout", _torch_simple(dnn.Dropout)),
+    nn.Dropout1d: ("torch.nn.Dropout1d", _torch_simple(dnn.SpatialDropout1d)),
+    nn.Dropout2d: ("torch.nn.Dropout2d", _torch_simple(dnn.SpatialDropout2d, _DROPOUT2D_NOTE)),
+    nn.Dropout3d: ("torch.nn.Dropout3d", _torch_simple(dnn.SpatialDropout3d)),
+    nn.AlphaDropout: ("torch.nn.AlphaDropout", _torch_simple(dnn.AlphaDropout)),
+    nn.FeatureAlphaDropout: ("torch.nn.FeatureAlphaDropout", _feature_alpha),
+}
+
+# timm < 0.9 defined its layers in timm.models.layers.drop (later a re-export of timm.layers).
+_PEER_RULES: dict[str, _Rule] = {
+    "timm.layers.drop.DropPath": _timm_drop_path,
+    "timm.models.layers.drop.DropPath": _timm_drop_path,
+    "timm.layers.drop.DropBlock2d": _timm_drop_block,
+    "timm.models.layers.drop.DropBlock2d": _timm_drop_block,
+    "torchvision.ops.stochastic_depth.StochasticDepth": _tv_stochastic_depth,
+    "torchvision.ops.drop_block.DropBlock2d": _tv_drop_block(dnn.DropBlock2d),
+    "torchvision.ops.drop_block.DropBlock3d": _tv_drop_block(dnn.DropBlock3d),
+}
+
+_TARGET_NAMES = {cls: f"dropkit.nn.{cls.__name__}" for cls in (
+    dnn.Dropout, dnn.SpatialDropout1d, dnn.SpatialDropout2d, dnn.SpatialDropout3d,
+    dnn.AlphaDropout, dnn.DropPath, dnn.DropBlock2d, dnn.DropBlock3d,
+)}
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _match_rule(module: nn.Module) -> tuple[str, _Rule | None, str | None]:
+    """``(source name, rule, None)`` for a known class, ``(name, None, reason)`` for a subclass
+    of one, ``("", None, None)`` otherwise."""
+    cls = type(module)
+    if cls in _TORCH_RULES:
+        source, rule = _TORCH_RULES[cls]
+        return source, rule, None
+    qualified = _qualified_name(cls)
+    if qualified in _PEER_RULES:
+        return qualified, _PEER_RULES[qualified], None
+    for base in cls.__mro__[1:]:
+        known = _TORCH_RULES[base][0] if base in _TORCH_RULES else (
+            _qualified_name(base) if _qualified_name(base) in _PEER_RULES else None)
+        if known is not None:
+            return qualified, None, (f"a subclass of {known} (it may change forward); only "
+                                     "the exact classes are converted")
+    return "", None, None
+
+
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _plan(module: nn.Module, rule: _Rule, options: _Options) -> _Result:
+    if any(getattr(module, h, None) for h in _HOOKS):
+        raise _Skip("it has forward or backward hooks, which a replacement would lose")
+    if (next(module.children(), None) is not None
+            or next(module.parameters(), None) is not None
+            or next(module.buffers(), None) is not None):
+        raise _Skip("it has parameters, buffers or submodules, which a replacement would lose")
+    try:
+        new, src, settings, notes = rule(module, options)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise _Skip(f"its settings cannot be carried over: {err}") from None
+    new.train(module.training)
+    return new, src, settings, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters and argument checks
+
+
+_Filter = tuple[tuple[str, ...], tuple[type, ...]]
+
+
+def _check_filter(arg: str, value: object) -> _Filter | None:
+    """``include``/``exclude`` as (name globs, types); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str | type) else value
+    expected = ("a module-name glob (str), a class, or a list of them")
+    if not isinstance(items, Iterable):
+        raise TypeError(f"convert: `{arg}` must be {expected}, got "
+                        f"{type(value).__name__} {value!r}.")
+    globs: list[str] = []
+    types: list[type] = []
+    for item in items:
+        if isinstance(item, str):
+            globs.append(item)
+        elif isinstance(item, type):
+            types.append(item)
+        else:
+            raise TypeError(f"convert: `{arg}` must be {expected}; an entry is "
+                            f"{type(item).__name__} {item!r}.")
+    return tuple(globs), tuple(types)
+
+
+def _matches(flt: _Filter, names: list[str], module: nn.Module) -> bool:
+    globs, types = flt
+    return (isinstance(module, types) if types else False) or any(
+        fnmatch.fnmatchcase(name, g) for name in names for g in globs)
+
+
+def _check_rank(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError("convert: `feature_alpha_rank` must be None or an int >= 2, got "
+                        f"{type(value).__name__} {value!r}.")
+    if value < 2:
+        raise ValueError(f"convert: `feature_alpha_rank` must be None or an int >= 2 (batch "
+                         f"and channel axes first), got {value}.")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+
+
+def convert(
+    model: nn.Module,
+    *,
+    include: str | type | Iterable[str | type] | None = None,
+    exclude: str | type | Iterable[str | type] | None = None,
+    copy: bool = False,
+    feature_alpha_rank: int | None = None,
+) -> ConversionReport:
+    """Replace the dropout layers of ``model`` by dropkit modules of the same semantics.
+
+    Converts ``torch.nn`` ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and (with
+    ``feature_alpha_rank``) ``FeatureAlphaDropout``; timm's ``DropPath`` and ``DropBlock2d``;
+    torchvision's ``StochasticDepth`` and ``DropBlock2d/3d``. The mapping and its few
+    behavioural differences are in the module docstring of :mod:`dropkit.convert`. The new
+    modules keep each layer's ``training`` flag and register no parameters or buffers, so the
+    model's ``state_dict`` keys do not change and an old checkpoint still loads. A layer
+    registered under several names is replaced by one shared module everywhere.
+
+    Args:
+        model: The model; its submodules are replaced in place unless ``copy=True``.
+        include: Convert only the layers that match: a glob on the qualified module name
+            (``fnmatch``, case-sensitive, e.g. ``"encoder.*"``), a class (matched with
+            ``isinstance`` against the original layer, e.g. ``torch.nn.Dropout``), or a list
+            of both (any match counts). ``None`` (default) includes every layer.
+        exclude: Leave the layers that match unconverted (same forms). Applied after
+            ``include``.
+        copy: ``False`` (default): change ``model`` itself. ``True``: change a deep copy and
+            leave ``model`` untouched. Either way the result is ``report.model``, which is
+            also the only way to get the result when ``model`` itself is a dropout layer.
+        feature_alpha_rank: Input rank of the ``FeatureAlphaDropout`` layers (``4`` for
+            ``(N, C, H, W)``); they are skipped when ``None``.
+
+    Returns:
+        A :class:`ConversionReport`: ``model``, the ``converted`` records (name, source and
+        target class, settings read and set, notes) and the ``skipped`` layers with reasons.
+        ``str(report)`` is a readable table.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, ``copy`` is not a bool, ``include`` or
+            ``exclude`` is not a glob, a class or a list of them, or ``feature_alpha_rank``
+            is not an int.
+        ValueError: ``feature_alpha_rank`` is below 2.
+
+    Example:
+        >>> import torch, dropkit
+        >>> head = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Dropout(0.2))
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.1), head)
+        >>> report = dropkit.convert(model, exclude="2.*")  # all but head's layers
+        >>> print(report)
+        converted 1 module(s), skipped 0
+        name  from              to                  settings
+        1     torch.nn.Dropout  dropkit.nn.Dropout  p=0.1, inplace=False
+        >>> model[1], report.model is model
+        (Dropout(p=0.1, inplace=False, mode='inverted'), True)
+        >>> model.eval()(torch.ones(1, 4)).shape
+        torch.Size([1, 2])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: `model` must be a torch.nn.Module, got "
+                        f"{type(model).__name__}.")
+    if not isinstance(copy, bool):
+        raise TypeError(f"convert: `copy` must be a bool, got {type(copy).__name__} {copy!r}.")
+    inc = _check_filter("include", include)
+    exc = _check_filter("exclude", exclude)
+    options = _Options(_check_rank(feature_alpha_rank))
+    if copy:
+        model = _copy.deepcopy(model)
+
+    # Every occurrence of every module, with all of its names (shared layers have several).
+    names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+        modules.setdefault(id(module), module)
+
+    report = ConversionReport(model)
+    replacements: dict[int, nn.Module] = {}
+    for key, module in modules.items():
+        source, rule, reason = _match_rule(module)
+        if not source:
+            continue
+        all_names = names[key]
+        if inc is not None and not _matches(inc, all_names, module):
+            continue
+        if exc is not None and _matches(exc, all_names, module):
+            continue
+        try:
+            if rule is None:
+                raise _Skip(reason or "")
+            new, src, settings, notes = _plan(module, rule, options)
+        except _Skip as skip:
+            report.skipped.append(SkippedModule(all_names[0], source, str(skip)))
+            continue
+        replacements[key] = new
+        report.converted.append(ConvertedModule(
+            all_names[0], source, _TARGET_NAMES[type(new)], src, settings, module.training,
+            notes))
+
+    # Swap only after every layer was planned: a shared layer gets one module everywhere.
+    for parent in list(modules.values()):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in replacements:
+                parent._modules[child_name] = replacements[id(child)]
+    if id(model) in replacements:
+        report.model = replacements[id(model)]
+    return report
