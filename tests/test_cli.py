@@ -1,10 +1,17 @@
-"""The ``dropkit`` command line: ``gallery`` pictures, ``info``, argument errors, ``--help``."""
+"""The ``dropkit`` command line: ``gallery`` pictures, ``info``, ``--help``/``--version``, shared
+options, argument errors and exit codes."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib.metadata
+import importlib.util
 import io
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from dropkit.cli import main
+import dropkit
+import dropkit.cli
+from dropkit.cli import _args, main
+from dropkit.cli import gallery as gallery_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PICTURES = (
@@ -110,9 +120,12 @@ def test_gallery_edge_probabilities(tmp_path, p):
 
 
 def test_import_does_not_load_matplotlib():
+    # Nor does registering the parsers (what `dropkit --help` does) load triton or the extras.
     code = (
         "import sys, dropkit, dropkit.cli, dropkit.cli.gallery, dropkit.cli.bench\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
+        "dropkit.cli._parser()\n"
+        "heavy = {'matplotlib', 'triton', 'sklearn', 'mnist1d', 'mkdocs'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, check=False)
@@ -231,3 +244,289 @@ def test_python_m_dropkit_help(argv, expected):
     assert result.stdout.startswith("usage: dropkit")
     for text in expected:
         assert text in result.stdout
+
+
+# ----------------------------------------------------------------------------- the whole CLI
+
+COMMANDS = ("gallery", "audit", "bench", "info")  # experiment is checked once registered
+INFO_LABELS = (
+    "dropkit", "python", "platform", "torch", "numpy", "numba", "backend setting",
+    "numba CPU kernels", "torch reference", "CPU tensors use", "triton", "torch threads",
+    "numba threads", "numba threading layer", "CUDA", "extra: matplotlib", "extra: mnist1d",
+    "extra: sklearn", "extra: tqdm", "extra: mkdocs",
+)
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = dropkit.cli._parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"dropkit {dropkit.__version__}\n"
+
+
+def test_top_level_help_lists_every_command_with_examples_and_exit_codes():
+    code, out, err = _main(["--help"])
+    assert code == 0 and err == ""
+    subparsers = _subparsers()
+    assert set(COMMANDS) <= set(subparsers)
+    parser = dropkit.cli._parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {choice.dest: choice.help for choice in action._choices_actions}
+    for name in subparsers:
+        assert helps.get(name), f"{name} has no one-line description"
+        line = next(line for line in out.splitlines() if line.split()[:1] == [name])
+        assert " ".join(line.split()[1:]) in " ".join(helps[name].split()), line
+    assert "--version" in out
+    assert "examples:" in out and "dropkit audit --quick" in out and "dropkit info --json" in out
+    codes = out[out.index("exit codes:"):]
+    for code_, words in (("0", "success"), ("1", "failure"), ("2", "bad arguments"),
+                         ("130", "interrupted")):
+        assert re.search(rf"^\s+{code_}\s+{words}", codes, re.MULTILINE), codes
+    for text in ("Exit codes:", "130", "--out DIR", "--seed SEED", "--p P", "--repeat N"):
+        assert text in dropkit.cli.__doc__
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "experiment"])
+def test_each_command_has_its_own_help(command):
+    if command not in _subparsers():
+        pytest.skip(f"{command} is not registered")
+    code, out, err = _main([command, "--help"])
+    assert code == 0 and err == ""
+    assert out.startswith(f"usage: dropkit {command}")
+    description = out.split("\n\n")[1]
+    assert len(description.split()) >= 8, out  # a sentence, not a stub
+
+
+# One spelling, one metavar and one help phrasing for the options several commands share.
+SHARED = {
+    "--out": ("DIR", r"^folder for .+, created if needed \(default: .+\)$"),
+    "--seed": ("SEED", r"an int in \[0, 2\*\*64\).* \(default: \d+\)$"),
+    "--p": ("P", r", a number in \[0, 1\] \(default: [\d.]+\)$"),
+    "--repeat": ("N", r", an int >= 1 \(default: \d+\)$"),
+    "--device": ("DEVICE", r", e\.g\. cpu or cuda:0 \(default: \S+\)$"),
+    "--quick": (None, r"^quick run: "),
+}
+
+
+def test_shared_options_are_spelled_and_explained_alike():
+    seen = dict.fromkeys(SHARED, 0)
+    for command, parser in _subparsers().items():
+        for action in parser._actions:
+            for option in action.option_strings:
+                if action.help and "default" in action.help:
+                    assert "(default: " in action.help, (command, option, action.help)
+                if option not in SHARED:
+                    continue
+                metavar, pattern = SHARED[option]
+                assert action.metavar == metavar, (command, option, action.metavar)
+                assert re.search(pattern, " ".join(action.help.split())), (command, option)
+                seen[option] += 1
+    # Each shared option is really shared (the check above is not vacuous).
+    assert seen["--out"] >= 2 and seen["--seed"] >= 2 and seen["--p"] >= 2
+    assert seen["--repeat"] >= 1 and seen["--quick"] >= 1 and seen["--device"] >= 1
+
+
+# ----------------------------------------------------------------------------- errors, exit codes
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--ops", "dropblok"],
+         r"`--ops` entries must be one of dropout, dropout2d, dropblock2d, drop_path \(or all\), "
+         r"got 'dropblok'\."),
+        (["bench", "--dtype", "int3"],
+         r"`--dtype` entries must be one of float16, bfloat16, float32, float64, got 'int3'\."),
+        (["bench", "--backend", "tpu"], r"`--backend` must be one of auto, numba, torch"),
+        (["bench", "--numel", "0"], r"`--numel` must be a positive integer, got 0\."),
+        (["bench", "--repeat", "-3"], r"`--repeat` must be a positive integer, got -3\."),
+        (["gallery", "--dpi", "0"], r"`--dpi` must be in \[20, 600\], got '0'\."),
+        (["audit", "--draws", "0"], r"`--draws` must be in \[2, 100000\], got '0'\."),
+        (["audit", "--device", "warp9"], r"`--device` must name a torch device, got 'warp9'\."),
+    ],
+)
+def test_bad_values_are_one_line_and_exit_2(tmp_path, argv, message):
+    code, out, err = _main([*argv, *(["--out", str(tmp_path / "x")] if argv[0] != "bench"
+                                    else [])])
+    assert code == 2, err
+    assert out == ""
+    assert err.startswith(f"dropkit {argv[0]}: error: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "last_line"),
+    [
+        ([], "dropkit: error: the following arguments are required: COMMAND"),
+        (["frobnicate"], "dropkit: error: argument COMMAND: invalid choice: 'frobnicate' "
+                         "(choose from "),
+        (["info", "--frobnicate"], "dropkit: error: unrecognized arguments: --frobnicate"),
+        (["bench", "--numel", "lots"],
+         "dropkit bench: error: argument --numel: invalid int value: 'lots'"),
+        (["gallery", "--p"], "dropkit gallery: error: argument --p: expected one argument"),
+    ],
+)
+def test_argparse_errors_are_usage_then_one_line(argv, last_line):
+    code, out, err = _main(argv)
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith("usage: dropkit")
+    assert lines[-1].startswith(last_line), err
+    assert sum("error" in line for line in lines) == 1
+    if argv == ["frobnicate"]:
+        for name in COMMANDS:
+            assert f"'{name}'" in lines[-1]
+
+
+def test_bench_json_that_cannot_be_written_fails_before_timing(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    cases = [
+        (blocker / "bench.json", f"cannot write {str(blocker / 'bench.json')!r}: "
+                                 f"{str(blocker)!r} is not a folder."),
+        (tmp_path / "no" / "bench.json", "does not exist."),
+        (tmp_path, f"cannot write {str(tmp_path)!r}: it is a folder."),
+    ]
+    for path, message in cases:
+        code, out, err = _main(["bench", "--numel", "64", "--json", str(path)])
+        assert code == 1, err
+        assert out == ""  # nothing was timed
+        assert err.startswith("dropkit bench: error: ") and err.rstrip().endswith(message), err
+        assert err.count("\n") == 1
+    assert blocker.read_text() == "x"
+
+
+def test_output_folder_without_write_permission(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:  # root writes anywhere: there, the refusal is simulated
+        folder.chmod(0o555)
+    else:
+        real = os.access
+        monkeypatch.setattr(_args.os, "access", lambda path, mode: (
+            False if Path(path) == folder else real(path, mode)))
+    try:
+        code, out, err = _main(["gallery", "--out", str(folder)])
+    finally:
+        folder.chmod(0o755)
+    assert code == 1 and out == ""
+    assert err == f"dropkit gallery: error: cannot write to {str(folder)!r}: permission denied.\n"
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "expected"),
+    [
+        (KeyboardInterrupt(), 130, "dropkit gallery: interrupted\n"),
+        (ModuleNotFoundError("No module named 'matplotlib'"), 1,
+         "dropkit gallery: error: an optional dependency is missing: No module named "
+         "'matplotlib'\n"),
+        (OSError("disk full\nsecond line"), 1, "dropkit gallery: error: disk full second line\n"),
+        (ValueError("`--p` is odd."), 2, "dropkit gallery: error: `--p` is odd.\n"),
+        (BrokenPipeError(32, "Broken pipe"), 1, ""),
+    ],
+)
+def test_exceptions_become_exit_codes(monkeypatch, error, code, expected):
+    def boom(args):
+        raise error
+
+    monkeypatch.setattr(gallery_cli, "run", boom)
+    got, out, err = _main(["gallery"])
+    assert got == code
+    assert out == "" and err == expected
+
+
+def test_interrupt_while_parsing(monkeypatch, capsys):
+    def boom():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dropkit.cli, "_parser", boom)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "dropkit: interrupted\n"
+
+
+def test_entry_point_closed_pipe_is_quiet():
+    """The installed `dropkit` script: stdout closed before it prints (`dropkit info | head -0`)."""
+    script = shutil.which("dropkit") or str(Path(sys.executable).with_name("dropkit"))
+    proc = subprocess.Popen([script, "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the child has imported torch and printed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert err == b""
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def _rows(out: str) -> dict[str, str]:
+    lines = out.splitlines()
+    column = len(lines[0]) - len(lines[0].split("  ")[-1].lstrip())
+    rows = {}
+    for line in lines:
+        label, value = line[:column].rstrip(), line[column:]
+        assert label and value and not value.startswith(" "), (line, column)  # aligned
+        rows[label] = value
+    return rows
+
+
+def test_info_table(capsys):
+    assert main(["info"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert tuple(rows) == INFO_LABELS
+    assert rows["dropkit"] == dropkit.__version__
+    assert rows["torch"] == torch.__version__
+    assert rows["numpy"] == np.__version__
+    assert rows["backend setting"] == dropkit.get_backend()
+    assert rows["numba CPU kernels"] == "available"
+    assert rows["CPU tensors use"] in {"numba_cpu", "torch_ref"}
+    assert rows["torch threads"] == str(torch.get_num_threads())
+    assert int(rows["numba threads"]) >= 1
+    assert rows["numba threading layer"] in {"tbb", "omp", "workqueue"}
+    if torch.cuda.is_available():
+        assert torch.cuda.get_device_name(0) in rows["CUDA"]
+    else:
+        assert rows["CUDA"] == "not available"
+    assert rows["extra: matplotlib"] == importlib.metadata.version("matplotlib")
+    assert rows["extra: sklearn"] == importlib.metadata.version("scikit-learn")
+    if importlib.util.find_spec("triton") is None:
+        assert rows["triton"] == "not installed"
+    assert "triton" not in sys.modules or rows["triton"] != "not installed"
+
+
+def test_info_json_matches_the_table(capsys):
+    assert main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert main(["info"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(report) == len(rows)
+    assert report["torch"] == torch.__version__
+    assert report["torch_threads"] == torch.get_num_threads()
+    assert report["cuda"] is None or torch.cuda.is_available()
+    assert report["numba_cpu_kernels"] == "available"
+    for (key, value), label in zip(report.items(), rows, strict=True):
+        assert (value is None) == (rows[label] in {"not installed", "not available",
+                                                   "not started"}), (key, label)
+        if value is not None:
+            assert rows[label] == str(value)
+
+
+def test_info_reports_missing_and_broken_packages(monkeypatch, capsys):
+    def fake_version(dist, module):
+        return "9.9.9" if dist == "triton" else None
+
+    monkeypatch.setattr(dropkit.cli, "_dist_version", fake_version)
+    monkeypatch.setitem(sys.modules, "triton", None)  # installed, but the import fails
+    assert main(["info"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["triton"].startswith("9.9.9 (import fails: ")
+    for name in ("matplotlib", "mnist1d", "sklearn", "tqdm", "mkdocs"):
+        assert rows[f"extra: {name}"] == "not installed"
+

@@ -368,10 +368,34 @@ def _make(spatial_dims: int):
                            seed, rng, spatial_dims)
 
     drop_block.__name__ = drop_block.__qualname__ = name
-    drop_block.__doc__ = (
-        f"NumPy twin of :func:`dropkit.functional.{name}` (same mask for the same ``seed``; "
-        "``rng=`` a ``numpy.random.Generator`` draws the seed otherwise)."
-    )
+    example_shape = ", ".join(["2", "3"] + ["8"] * spatial_dims)
+    drop_block.__doc__ = f"""NumPy twin of :func:`dropkit.functional.{name}` (same mask for the
+    same ``seed``; ``rng=`` a ``numpy.random.Generator`` draws the seed otherwise).
+
+    Args:
+        x: Feature map of a floating dtype: ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``
+            (``channels_last``: ``(N, *spatial, C)`` or ``(*spatial, C)``).
+        p: Expected fraction of units to drop, in ``[0, 1]``.
+        block_size: Block side: an int, or one int per spatial axis.
+        training: Apply DropBlock if ``True``; otherwise return ``x``.
+        per_channel: One mask per channel (default) or, if ``False``, one per sample.
+        scale: ``"batch"``, ``"expected"`` or ``"none"``, as in the torch function.
+        data_format: ``"channels_first"`` or ``"channels_last"``.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        rng: Draws the seed when ``seed`` is not given.
+
+    Raises:
+        TypeError: As the torch function, for an ``x`` that is not a floating
+            ``numpy.ndarray`` or an ``rng`` that is not a ``numpy.random.Generator``.
+        ValueError: As the torch function (``p``, ``block_size``, ``scale``,
+            ``data_format``, rank, ``seed``).
+
+    Example:
+        >>> import numpy as np, dropkit.numpy as dnp
+        >>> y = dnp.{name}(np.ones(({example_shape})), 0.2, block_size=3, seed=0)
+        >>> bool(((y == 0) | (y > 1)).all())
+        True
+    """
     return drop_block
 
 

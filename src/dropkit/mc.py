@@ -60,11 +60,15 @@ def is_dropout_module(module: nn.Module) -> bool:
     functionally inside another module's ``forward`` (``F.dropout(x, training=self.training)``)
     follows that module's flag, which stays in eval.
 
-    >>> import torch, dropkit
-    >>> is_dropout_module(dropkit.nn.DropPath(0.1)), is_dropout_module(torch.nn.Dropout2d())
-    (True, True)
-    >>> is_dropout_module(torch.nn.BatchNorm1d(3))
-    False
+    Args:
+        module: Any ``torch.nn.Module``.
+
+    Example:
+        >>> import torch, dropkit
+        >>> is_dropout_module(dropkit.nn.DropPath(0.1)), is_dropout_module(torch.nn.Dropout2d())
+        (True, True)
+        >>> is_dropout_module(torch.nn.BatchNorm1d(3))
+        False
     """
     return isinstance(module, (RateModule, _DropoutNd))
 
@@ -88,8 +92,21 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     models that were in mixed modes come back unchanged. Nesting works (the inner block restores
     the MC state, the outer one the original). Yields ``model``.
 
+    Args:
+        model: The network whose dropout-family modules are switched on.
+
     Raises:
         TypeError: If ``model`` is not a ``torch.nn.Module``.
+
+    Example:
+        >>> import torch, dropkit
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
+        ...                             dropkit.nn.Dropout(0.5)).eval()
+        >>> with dropkit.mc.mc_dropout(model):
+        ...     [m.training for m in model.modules()]
+        [False, False, False, True]
+        >>> [m.training for m in model.modules()]  # restored
+        [False, False, False, False]
     """
     _check_model("mc_dropout", model)
     modules = list(model.modules())
@@ -118,6 +135,14 @@ class MCPrediction(NamedTuple):
             clamped at 0 against rounding (it is >= 0 mathematically).
         samples: The ``S`` outputs (softmax probabilities for classification) stacked on a new
             leading axis, when ``return_samples=True``; else ``None``.
+
+    Example:
+        >>> import torch, dropkit
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), dropkit.nn.Dropout(0.5))
+        >>> pred = dropkit.mc.mc_predict(model, torch.randn(2, 4), n_samples=5, seed=0,
+        ...                              task="regression")
+        >>> pred.mean.shape, pred.entropy is None, pred.samples is None
+        (torch.Size([2, 3]), True, True)
     """
 
     mean: Tensor
@@ -224,6 +249,17 @@ def mc_predict(
         ValueError: For ``n_samples``/``batch_size`` below 1, an unknown
             ``task``, a 0-dim or empty ``x``, both ``seed`` and ``generator``, an out-of-range
             ``seed``, or a ``class_dim`` outside the output's dimensions.
+
+    Example:
+        >>> import torch, dropkit
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), dropkit.nn.Dropout(0.5))
+        >>> x = torch.randn(6, 4)
+        >>> pred = dropkit.mc.mc_predict(model, x, n_samples=8, batch_size=4, seed=0)
+        >>> pred.mean.shape, pred.mutual_information.shape
+        (torch.Size([6, 3]), torch.Size([6]))
+        >>> again = dropkit.mc.mc_predict(model, x, n_samples=8, batch_size=4, seed=0)
+        >>> torch.equal(pred.mean, again.mean)
+        True
     """
     fn = "mc_predict"
     _check_model(fn, model)

@@ -111,6 +111,24 @@ def dropout(
 ) -> np.ndarray:
     """NumPy twin of :func:`dropkit.functional.dropout` (same mask for the same ``seed``).
 
+    Args:
+        x: Array of a floating dtype (float16, float32 or float64).
+        p: Probability of dropping (not the keep probability), in ``[0, 1]``.
+        training: Apply the variant if ``True``; otherwise return ``x`` (vanilla mode: scaled).
+        mode: ``"inverted"`` (scale kept values by ``1 / (1 - p)``) or ``"vanilla"``.
+        noise_shape: Keras-style shared axes: one entry per axis, ``1``, the axis' size or
+            ``None``.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        rng: A ``numpy.random.Generator`` that draws the seed when ``seed`` is not given
+            (default: a fresh ``numpy.random.default_rng()``).
+
+    Raises:
+        TypeError: ``x`` is not a float16/float32/float64 ``numpy.ndarray``, ``p`` is not a real
+            number, ``training`` is not a bool, ``rng`` is not a ``numpy.random.Generator``, or
+            ``seed`` is not an int.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN, an unknown ``mode``, a bad ``noise_shape``, or
+            a ``seed`` outside ``[0, 2**64)`` or given together with ``rng``.
+
     Example:
         >>> import numpy as np, dropkit.numpy as dnp
         >>> dnp.dropout(np.arange(35.).reshape(1, 7, 5), 0.5, noise_shape=(1, 1, 5), seed=0)[0, 0]
@@ -142,9 +160,33 @@ def _spatial(spatial_dims: int):
         return _dropout_impl(x, p, training, mode, shape, seed, rng)
 
     spatial_dropout.__name__ = spatial_dropout.__qualname__ = name
-    spatial_dropout.__doc__ = (
-        f"NumPy twin of :func:`dropkit.functional.{name}` (same mask for the same ``seed``)."
-    )
+    spatial_dropout.__doc__ = f"""NumPy twin of :func:`dropkit.functional.{name}` (same mask for the
+    same ``seed``): whole channels are dropped.
+
+    Args:
+        x: Array of a floating dtype (float16, float32 or float64).
+        p: Probability of dropping (not the keep probability), in ``[0, 1]``.
+        training: Apply the variant if ``True``; otherwise return ``x`` (vanilla mode: scaled).
+        data_format: ``"channels_first"`` or ``"channels_last"``.
+        mode: ``"inverted"`` or ``"vanilla"``.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        rng: A ``numpy.random.Generator`` that draws the seed when ``seed`` is not given
+            (default: a fresh ``numpy.random.default_rng()``).
+
+    Raises:
+        TypeError: ``x`` is not a float16/float32/float64 ``numpy.ndarray``, ``p`` is not a real
+            number, ``training`` is not a bool, ``rng`` is not a ``numpy.random.Generator``, or
+            ``seed`` is not an int.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN, an unknown ``mode``, an unknown
+            ``data_format``, a wrong rank, or a ``seed`` outside ``[0, 2**64)`` or given together
+            with ``rng``.
+
+    Example:
+        >>> import numpy as np, dropkit.numpy as dnp
+        >>> y = dnp.{name}(np.ones(({", ".join(["2", "3"] + ["4"] * spatial_dims)})), 0.5, seed=1)
+        >>> bool(((y == 0) | (y == 2)).all())
+        True
+    """
     return spatial_dropout
 
 
@@ -162,7 +204,31 @@ def timestep_dropout(
     seed: int | None = None,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """NumPy twin of :func:`dropkit.functional.timestep_dropout`."""
+    """NumPy twin of :func:`dropkit.functional.timestep_dropout`: whole timesteps of
+    ``(N, T, *features)`` are dropped.
+
+    Args:
+        x: Array of a floating dtype (float16, float32 or float64).
+        p: Probability of dropping (not the keep probability), in ``[0, 1]``.
+        training: Apply the variant if ``True``; otherwise return ``x`` (vanilla mode: scaled).
+        mode: ``"inverted"`` or ``"vanilla"``.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        rng: A ``numpy.random.Generator`` that draws the seed when ``seed`` is not given
+            (default: a fresh ``numpy.random.default_rng()``).
+
+    Raises:
+        TypeError: ``x`` is not a float16/float32/float64 ``numpy.ndarray``, ``p`` is not a real
+            number, ``training`` is not a bool, ``rng`` is not a ``numpy.random.Generator``, or
+            ``seed`` is not an int.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN, an unknown ``mode``, an input of rank < 3, or a
+            ``seed`` outside ``[0, 2**64)`` or given together with ``rng``.
+
+    Example:
+        >>> import numpy as np, dropkit.numpy as dnp
+        >>> y = dnp.timestep_dropout(np.ones((2, 6, 4)), 0.5, seed=3)
+        >>> bool(((y == 0).all(-1) | (y == 2).all(-1)).all())
+        True
+    """
     fn = "timestep_dropout"
     x, p = _check(fn, x, p, training, seed, rng)
     v.check_choice(fn, "mode", mode, v.MODES)
@@ -178,7 +244,29 @@ def gaussian_dropout(
     seed: int | None = None,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """NumPy twin of :func:`dropkit.functional.gaussian_dropout` (noise from stream 1)."""
+    """NumPy twin of :func:`dropkit.functional.gaussian_dropout` (noise from stream 1).
+
+    Args:
+        x: Array of a floating dtype (float16, float32 or float64).
+        p: Probability of dropping (not the keep probability), in ``[0, 1]``.
+        training: Apply the variant if ``True``; otherwise return ``x`` (vanilla mode: scaled).
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        rng: A ``numpy.random.Generator`` that draws the seed when ``seed`` is not given
+            (default: a fresh ``numpy.random.default_rng()``).
+
+    Raises:
+        TypeError: ``x`` is not a float16/float32/float64 ``numpy.ndarray``, ``p`` is not a real
+            number, ``training`` is not a bool, ``rng`` is not a ``numpy.random.Generator``, or
+            ``seed`` is not an int.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN, or a ``seed`` outside ``[0, 2**64)`` or given
+            together with ``rng``.
+
+    Example:
+        >>> import numpy as np, dropkit.numpy as dnp
+        >>> y = dnp.gaussian_dropout(np.ones(100_000), 0.2, seed=0)
+        >>> round(float(y.mean()), 2), round(float(y.var()), 2)
+        (1.0, 0.25)
+    """
     fn = "gaussian_dropout"
     x, p = _check(fn, x, p, training, seed, rng)
     if not training or p == 0.0 or x.size == 0:
@@ -201,7 +289,30 @@ def alpha_dropout(
     seed: int | None = None,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """NumPy twin of :func:`dropkit.functional.alpha_dropout`."""
+    """NumPy twin of :func:`dropkit.functional.alpha_dropout` (SELU-preserving dropout).
+
+    Args:
+        x: Array of a floating dtype (float16, float32 or float64).
+        p: Probability of dropping (not the keep probability), in ``[0, 1]``.
+        training: Apply the variant if ``True``; otherwise return ``x`` (vanilla mode: scaled).
+        noise_shape: Keras-style shared axes, as in :func:`dropout`.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        rng: A ``numpy.random.Generator`` that draws the seed when ``seed`` is not given
+            (default: a fresh ``numpy.random.default_rng()``).
+
+    Raises:
+        TypeError: ``x`` is not a float16/float32/float64 ``numpy.ndarray``, ``p`` is not a real
+            number, ``training`` is not a bool, ``rng`` is not a ``numpy.random.Generator``, or
+            ``seed`` is not an int.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN, a bad ``noise_shape``, or a ``seed`` outside
+            ``[0, 2**64)`` or given together with ``rng``.
+
+    Example:
+        >>> import numpy as np, dropkit.numpy as dnp
+        >>> y = dnp.alpha_dropout(np.random.default_rng(0).normal(size=200_000), 0.2, seed=0)
+        >>> abs(float(y.mean())) < 0.01, abs(float(y.std()) - 1) < 0.01
+        (True, True)
+    """
     fn = "alpha_dropout"
     x, p = _check(fn, x, p, training, seed, rng)
     shape = v.resolve_noise_shape(fn, x.shape, noise_shape)

@@ -141,8 +141,16 @@ def _progress(step: int, delay: int, steps: int) -> float:
 class Constant:
     """The same rate at every step.
 
-    >>> Constant(0.1)(1000)
-    0.1
+    Args:
+        value: The rate, in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` outside ``[0, 1]``.
+
+    Example:
+        >>> Constant(0.1)(1000)
+        0.1
     """
 
     value: float
@@ -159,8 +167,19 @@ class Linear:
     """``start`` for ``delay`` steps, then a straight line to ``end`` over ``steps`` steps, then
     ``end``: the DropBlock paper's schedule with ``start=0``.
 
-    >>> [Linear(0.0, 0.5, steps=4)(s) for s in range(6)]
-    [0.0, 0.125, 0.25, 0.375, 0.5, 0.5]
+    Args:
+        start: The rate before and at step ``delay``, in ``[0, 1]``.
+        end: The rate from step ``delay + steps`` on, in ``[0, 1]``.
+        steps: Length of the ramp, an int >= 1.
+        delay: Steps spent at ``start`` before the ramp, an int >= 0.
+
+    Raises:
+        TypeError: A rate that is not a real number, or ``steps``/``delay`` not an int.
+        ValueError: A rate outside ``[0, 1]``, ``steps < 1`` or ``delay < 0``.
+
+    Example:
+        >>> [Linear(0.0, 0.5, steps=4)(s) for s in range(6)]
+        [0.0, 0.125, 0.25, 0.375, 0.5, 0.5]
     """
 
     start: float
@@ -182,8 +201,19 @@ class Linear:
 class Cosine:
     """Half a cosine from ``start`` to ``end`` over ``steps`` steps (after ``delay``).
 
-    >>> [round(Cosine(0.0, 0.2, steps=4)(s), 4) for s in range(5)]
-    [0.0, 0.0293, 0.1, 0.1707, 0.2]
+    Args:
+        start: The rate before and at step ``delay``, in ``[0, 1]``.
+        end: The rate from step ``delay + steps`` on, in ``[0, 1]``.
+        steps: Length of the ramp, an int >= 1.
+        delay: Steps spent at ``start`` before the ramp, an int >= 0.
+
+    Raises:
+        TypeError: A rate that is not a real number, or ``steps``/``delay`` not an int.
+        ValueError: A rate outside ``[0, 1]``, ``steps < 1`` or ``delay < 0``.
+
+    Example:
+        >>> [round(Cosine(0.0, 0.2, steps=4)(s), 4) for s in range(5)]
+        [0.0, 0.0293, 0.1, 0.1707, 0.2]
     """
 
     start: float
@@ -207,8 +237,18 @@ class Step:
     """Piecewise constant: ``values[0]`` before ``milestones[0]``, ``values[i]`` from
     ``milestones[i - 1]`` on.
 
-    >>> [Step((0.0, 0.1, 0.2), milestones=(2, 4))(s) for s in range(6)]
-    [0.0, 0.0, 0.1, 0.1, 0.2, 0.2]
+    Args:
+        values: The rates, in ``[0, 1]``, one more than ``milestones``.
+        milestones: The steps where the rate changes, strictly increasing ints >= 0.
+
+    Raises:
+        TypeError: A value that is not a real number, or a milestone that is not an int.
+        ValueError: A value outside ``[0, 1]``, a negative milestone, milestones that do not
+            increase strictly, or ``len(values) != len(milestones) + 1``.
+
+    Example:
+        >>> [Step((0.0, 0.1, 0.2), milestones=(2, 4))(s) for s in range(6)]
+        [0.0, 0.0, 0.1, 0.1, 0.2, 0.2]
     """
 
     values: tuple[float, ...]
@@ -239,8 +279,17 @@ class Step:
 class Warmup:
     """Any schedule times a linear warm-up factor ``min(1, step / steps)``.
 
-    >>> [Warmup(Constant(0.5), steps=4)(s) for s in range(6)]
-    [0.0, 0.125, 0.25, 0.375, 0.5, 0.5]
+    Args:
+        schedule: The schedule to warm up, a callable ``step -> rate``.
+        steps: Length of the warm-up, an int >= 1.
+
+    Raises:
+        TypeError: ``schedule`` is not callable, or ``steps`` is not an int.
+        ValueError: ``steps < 1``.
+
+    Example:
+        >>> [Warmup(Constant(0.5), steps=4)(s) for s in range(6)]
+        [0.0, 0.125, 0.25, 0.375, 0.5, 0.5]
     """
 
     schedule: Callable[[int], float]
@@ -271,6 +320,12 @@ class RateScheduler:
     Call :meth:`step` once per iteration or once per epoch, whichever the schedule counts; the
     rates of step 0 are applied at construction. ``state_dict()`` holds the step, so a run
     resumed from a checkpoint continues at the right rate.
+
+    Raises:
+        TypeError: ``schedule`` is not callable, or an item of an iterable ``modules`` is not a
+            dropkit module.
+        ValueError: No dropkit module to drive, or a scale factor that is not a real number
+            >= 0.
 
     Example:
         >>> import torch, dropkit

@@ -1,12 +1,96 @@
-"""Option parsing shared by the subcommands: one message format, checked inside ``run``.
+"""Options shared by the subcommands: one spelling, one help phrasing, one message format.
+
+The ``add_*`` functions register the options that several subcommands have (``--out``,
+``--seed``, ``--p``, ``--repeat``, ``--quick``, ``--device``) with the same metavar and the same
+help wording, so ``dropkit X --help`` reads alike for every X. Values are kept as strings by
+argparse and checked inside ``run`` by the ``parse_*`` functions, so that a bad value is a
+one-line error rather than argparse's usage dump.
 
 Each parser raises ``ValueError`` with a one-line message (the CLI turns it into exit code 2);
-:func:`make_folder` raises ``OSError`` (exit code 1).
+:func:`make_folder` and :func:`check_writable_file` raise ``OSError`` (exit code 1).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
+
+MAX_SEED = 2**64 - 1
+SEED_INTERVAL = "[0, 2**64)"
+
+
+def add_out(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """``--out DIR``: the folder that receives ``what`` (created if needed)."""
+    shown = default if default is not None else "none, nothing is written"
+    parser.add_argument(
+        "--out", default=default, metavar="DIR",
+        help=f"folder for {what}, created if needed (default: {shown})",
+    )
+
+
+def add_seed(parser: argparse.ArgumentParser, default: int, what: str = "mask seed",
+             detail: str = "") -> None:
+    """``--seed SEED``: an int in ``[0, 2**64)``; ``detail`` follows the range in the help."""
+    parser.add_argument(
+        "--seed", default=str(default), metavar="SEED",
+        help=f"{what}, an int in {SEED_INTERVAL}{detail} (default: {default})",
+    )
+
+
+def add_p(parser: argparse.ArgumentParser, default: float, what: str = "drop probability",
+          **kwargs: object) -> None:
+    """``--p P``: a drop probability in ``[0, 1]``; ``kwargs`` go to ``add_argument``.
+
+    Without a ``type`` the default is stored as a string, like a value from the command line.
+    """
+    parser.add_argument(
+        "--p", metavar="P", help=f"{what}, a number in [0, 1] (default: {default})",
+        default=default if "type" in kwargs else str(default),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def add_repeat(parser: argparse.ArgumentParser, default: int, what: str,
+               **kwargs: object) -> None:
+    """``--repeat N``: how many times something is repeated, an int >= 1."""
+    parser.add_argument(
+        "--repeat", metavar="N", help=f"{what}, an int >= 1 (default: {default})",
+        default=default if "type" in kwargs else str(default),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def add_quick(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--quick``: a smaller run; ``what`` says what it shrinks to."""
+    parser.add_argument("--quick", action="store_true", help=f"quick run: {what}")
+
+
+def add_device(parser: argparse.ArgumentParser, default: str = "cpu",
+               what: str = "torch device of the inputs") -> None:
+    """``--device DEVICE``: a torch device name."""
+    parser.add_argument(
+        "--device", default=default, metavar="DEVICE",
+        help=f"{what}, e.g. cpu or cuda:0 (default: {default})",
+    )
+
+
+def parse_p(value: object, name: str = "--p") -> float:
+    """A probability in ``[0, 1]`` (NaN rejected)."""
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+    try:
+        p = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.") from None
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"`{name}` must be in [0, 1], got {value!r}.")
+    return p
+
+
+def parse_seed(value: object, name: str = "--seed") -> int:
+    """A seed in ``[0, 2**64)``."""
+    return parse_int(name, value, 0, MAX_SEED, SEED_INTERVAL)
 
 
 def parse_int(name: str, value: object, low: int, high: int, interval: str) -> int:
@@ -40,4 +124,23 @@ def make_folder(folder: Path) -> Path:
     except OSError as err:
         reason = err.strerror or str(err)
         raise OSError(f"cannot create the output folder {str(folder)!r}: {reason}.") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write to {str(folder)!r}: permission denied.")
     return folder
+
+
+def check_writable_file(path: Path) -> Path:
+    """Fail early (one-line ``OSError``) when the file ``path`` could not be written later.
+
+    The file itself is not created: its folder must exist and be writable, and ``path`` must
+    not be a folder.
+    """
+    parent = path.parent
+    if path.is_dir():
+        raise OSError(f"cannot write {str(path)!r}: it is a folder.")
+    if not parent.is_dir():
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise OSError(f"cannot write {str(path)!r}: {str(parent)!r} {why}.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write {str(path)!r}: permission denied.")
+    return path

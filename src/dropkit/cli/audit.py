@@ -63,7 +63,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._args import make_folder, parse_int, parse_out
+from ._args import (
+    add_device,
+    add_out,
+    add_quick,
+    add_seed,
+    make_folder,
+    parse_int,
+    parse_out,
+    parse_seed,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -920,25 +929,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             "Exit status: 0 when every dropkit row is within tolerance, 1 when one is not (or "
             "--out cannot be written), 2 for bad arguments. Peers never change it. Without "
             "matplotlib the CSV and JSON are written, audit.png is skipped with a note on "
-            "stderr, and the exit status is unchanged."
+            "stderr, and the exit status is unchanged. Examples: dropkit audit --quick; "
+            "dropkit audit --draws 500 --seed 7 --out audit"
         ),
     )
     # Values are parsed in run(), so that a bad value is a one-line error (exit code 2).
-    parser.add_argument("--quick", action="store_true",
-                        help="a small grid that runs in a few seconds "
-                             f"(default draws {DEFAULT_QUICK_DRAWS})")
+    add_quick(parser, "a small grid that runs in a few seconds, "
+                      f"{DEFAULT_QUICK_DRAWS} draws per row unless --draws is given")
     parser.add_argument("--draws", default=None, metavar="N",
                         help=f"calls per row, each with its own seed, an int in [{MIN_DRAWS}, "
-                             f"{MAX_DRAWS}] (default {DEFAULT_DRAWS}; "
+                             f"{MAX_DRAWS}] (default: {DEFAULT_DRAWS}; "
                              f"{DEFAULT_QUICK_DRAWS} with --quick)")
-    parser.add_argument("--seed", default=str(DEFAULT_SEED), metavar="SEED",
-                        help="base seed, an int in [0, 2**64): draw r of row i uses "
-                             f"seed + i * draws + r (default {DEFAULT_SEED})")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="also write audit.csv, audit.json and audit.png to DIR "
-                             "(created if needed)")
-    parser.add_argument("--device", default="cpu", metavar="DEVICE",
-                        help="torch device of the inputs (default cpu)")
+    add_seed(parser, DEFAULT_SEED, "base seed", ": draw r of row i uses seed + i * draws + r")
+    add_out(parser, None, "audit.csv, audit.json and audit.png")
+    add_device(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -991,7 +995,7 @@ def run(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
     draws = (DEFAULT_QUICK_DRAWS if quick else DEFAULT_DRAWS) if args.draws is None else (
         parse_int("--draws", args.draws, MIN_DRAWS, MAX_DRAWS, f"[{MIN_DRAWS}, {MAX_DRAWS}]"))
-    seed = parse_int("--seed", args.seed, 0, MAX_SEED, "[0, 2**64)")
+    seed = parse_seed(args.seed)
     folder = None if args.out is None else parse_out(args.out)
     device = _parse_device(args.device)
     if folder is not None:

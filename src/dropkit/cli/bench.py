@@ -50,7 +50,10 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ._args import add_p, add_repeat, check_writable_file
 
 if TYPE_CHECKING:
     import torch
@@ -858,6 +861,8 @@ def format_checks(checks: Sequence[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args``; print the table, optionally write JSON."""
     cfg = _config(args)
+    if cfg.json_path is not None:  # fail before minutes of timing, not after
+        check_writable_file(Path(cfg.json_path))
     import torch
 
     import dropkit
@@ -945,35 +950,40 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             "measure the bytes autograd keeps for backward; also DropBlock (against "
             "torchvision, timm and the dropblock package when installed) and DropPath."
         ),
+        epilog=(
+            "Examples: dropkit bench --ops dropout --dtype float32,bfloat16 --threads 2; "
+            "dropkit bench --numel 65536 --repeat 5 --json bench.json. Exit status: 0 when the "
+            "table is printed, 1 when --json cannot be written, 2 for bad arguments."
+        ),
     )
-    parser.add_argument("--numel", type=int, default=None,
-                        help=f"elements per tensor (default {DEFAULT_NUMEL} = 2**24, or the "
-                             "product of --shape)")
+    parser.add_argument("--numel", type=int, default=None, metavar="N",
+                        help=f"elements per tensor, an int >= 1 (default: {DEFAULT_NUMEL} = "
+                             "2**24, or the product of --shape)")
     parser.add_argument("--shape", default=None, metavar="N,C,H,W",
-                        help="spatial-dropout shape (default (32, 256, 32, 64) for 2**24 "
+                        help="spatial-dropout shape (default: (32, 256, 32, 64) for 2**24 "
                              "elements, else derived from --numel)")
-    parser.add_argument("--p", type=float, default=0.1, help="drop probability (default 0.1)")
-    parser.add_argument("--dtype", default="float32",
-                        help=f"comma list of {', '.join(DTYPE_NAMES)} (default float32)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for the run (dropkit's kernels follow it; "
-                             "default: torch's current count)")
-    parser.add_argument("--repeat", type=int, default=15,
-                        help="timed iterations per row (default 15)")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help=f"untimed iterations per row, at least {MIN_WARMUP} (default 3)")
-    parser.add_argument("--backend", default="auto",
-                        help=f"dropkit's CPU backend: {', '.join(BACKEND_NAMES)} (default auto)")
+    add_p(parser, 0.1, type=float)
+    parser.add_argument("--dtype", default="float32", metavar="LIST",
+                        help=f"comma list of {', '.join(DTYPE_NAMES)} (default: float32)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch.set_num_threads for the run, an int >= 1; dropkit's kernels "
+                             "follow it (default: torch's current count)")
+    add_repeat(parser, 15, "timed calls per row", type=int)
+    parser.add_argument("--warmup", type=int, default=3, metavar="N",
+                        help=f"untimed calls per row, an int >= {MIN_WARMUP} (default: 3)")
+    parser.add_argument("--backend", default="auto", metavar="NAME",
+                        help=f"dropkit's CPU backend: {', '.join(BACKEND_NAMES)} (default: auto)")
     parser.add_argument("--ops", default=None, metavar="LIST",
                         help=f"comma list of {', '.join(OP_NAMES)} (default: all)")
     parser.add_argument("--dropblock-shape", default=",".join(map(str, DEFAULT_DROPBLOCK_SHAPE)),
                         metavar="N,C,H,W",
-                        help="dropblock2d input shape (default 32,256,28,28)")
+                        help="dropblock2d input shape (default: 32,256,28,28)")
     parser.add_argument("--block-sizes", default=",".join(map(str, DEFAULT_BLOCK_SIZES)),
                         metavar="LIST",
-                        help="dropblock2d block sizes for per_channel=True (default 3,5,7,9; "
+                        help="dropblock2d block sizes for per_channel=True (default: 3,5,7,9; "
                              f"per_channel=False and the peers use {PEER_BLOCK_SIZE})")
     parser.add_argument("--json", default=None, metavar="PATH",
-                        help="also write every row and an environment block as JSON")
+                        help="also write every row and an environment block as JSON to the "
+                             "file PATH (its folder must exist)")
     parser.set_defaults(func=run)
     return parser

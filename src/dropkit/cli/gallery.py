@@ -29,7 +29,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ._args import make_folder, parse_int, parse_out
+from ._args import (
+    add_out,
+    add_p,
+    add_seed,
+    make_folder,
+    parse_int,
+    parse_out,
+    parse_p,
+    parse_seed,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -61,21 +70,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             "dropout (image_like.png), keep masks side by side (masks.png) and a volume under "
             'spatial_dropout3d (volume.png). Needs matplotlib: pip install "dropkit[gallery]".'
         ),
+        epilog=(
+            "Example: dropkit gallery --out pictures --p 0.3 --seed 1. Exit status: 0 when the "
+            "pictures are written, 1 when matplotlib is missing or --out cannot be written, 2 "
+            "for bad arguments."
+        ),
     )
     # Values are parsed in run(), so that a bad value is a one-line error (exit code 2)
     # instead of argparse's usage dump.
-    parser.add_argument(
-        "--out", default=DEFAULT_OUT, metavar="DIR",
-        help=f"folder for the PNG files, created if needed (default: {DEFAULT_OUT})",
-    )
-    parser.add_argument(
-        "--p", default=str(DEFAULT_P), metavar="P",
-        help=f"drop probability used in every panel, in [0, 1] (default: {DEFAULT_P})",
-    )
-    parser.add_argument(
-        "--seed", default=str(DEFAULT_SEED), metavar="SEED",
-        help=f"mask seed, an int in [0, 2**64) (default: {DEFAULT_SEED})",
-    )
+    add_out(parser, DEFAULT_OUT, "the PNG files")
+    add_p(parser, DEFAULT_P, "drop probability used in every panel")
+    add_seed(parser, DEFAULT_SEED)
     parser.add_argument(
         "--dpi", default=str(DEFAULT_DPI), metavar="N",
         help=f"resolution of the PNG files, an int in [{MIN_DPI}, {MAX_DPI}] "
@@ -83,18 +88,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
-
-
-def _parse_p(value: object) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"`--p` must be a number in [0, 1], got {value!r}.")
-    try:
-        p = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"`--p` must be a number in [0, 1], got {value!r}.") from None
-    if not 0.0 <= p <= 1.0:  # also rejects NaN
-        raise ValueError(f"`--p` must be in [0, 1], got {value!r}.")
-    return p
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -107,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
         ValueError: A bad ``--p``, ``--seed``, ``--dpi`` or ``--out`` (exit code 2).
         OSError: The output folder cannot be created or written (exit code 1).
     """
-    p = _parse_p(args.p)
-    seed = parse_int("--seed", args.seed, 0, MAX_SEED, "[0, 2**64)")
+    p = parse_p(args.p)
+    seed = parse_seed(args.seed)
     dpi = parse_int("--dpi", args.dpi, MIN_DPI, MAX_DPI, f"[{MIN_DPI}, {MAX_DPI}]")
     folder = parse_out(args.out)
     try:

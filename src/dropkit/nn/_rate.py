@@ -17,6 +17,22 @@ class RateModule(nn.Module):
     to its op, which reads it at run time, so changing ``p`` (a schedule, every step) updates the
     compiled graph without recompiling it. In eager mode the float is passed, which keeps the
     exact short cuts (``p = 0`` returns the input itself).
+
+    Args:
+        p: The drop rate, in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``p`` (at construction or on assignment) is not a real number.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN.
+
+    Example:
+        >>> import dropkit
+        >>> m = dropkit.nn.Dropout(0.1)
+        >>> isinstance(m, dropkit.nn.RateModule), m.p
+        (True, 0.1)
+        >>> m.p = 0.3  # validated; a compiled graph reads the new rate without recompiling
+        >>> m.p, m.state_dict()
+        (0.3, OrderedDict())
     """
 
     def __init__(self, p: float) -> None:

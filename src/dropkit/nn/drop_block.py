@@ -64,6 +64,19 @@ class DropBlock1d(_DropBlockNd):
     runs of ``block_size`` steps, with the seed rate calibrated so that the expected dropped
     fraction is ``p``. See ``dropkit.functional.drop_block1d``.
 
+    Args:
+        p: Expected fraction of units to drop, in ``[0, 1]`` (default 0.1).
+        block_size: Block side: an int, or one int per spatial axis (default 7).
+        inplace: Write the result into the input.
+        per_channel: One mask per channel (default) or, if ``False``, one per sample.
+        scale: ``"batch"`` (default), ``"expected"`` or ``"none"``; see the function.
+        data_format: ``"channels_first"`` (default) or ``"channels_last"``.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``block_size``, ``inplace``,
+            ``per_channel``, ``scale`` or ``data_format``; in ``forward`` as
+            ``dropkit.functional.drop_block1d`` (e.g. a wrong rank).
+
     Example:
         >>> import torch
         >>> from dropkit.nn.drop_block import DropBlock1d
@@ -83,6 +96,19 @@ class DropBlock2d(_DropBlockNd):
     drops ``block_size`` squares (or ``(bh, bw)`` rectangles), with the seed rate calibrated so
     that the expected dropped fraction is ``p``. See ``dropkit.functional.drop_block2d``.
 
+    Args:
+        p: Expected fraction of units to drop, in ``[0, 1]`` (default 0.1).
+        block_size: Block side: an int, or one int per spatial axis (default 7).
+        inplace: Write the result into the input.
+        per_channel: One mask per channel (default) or, if ``False``, one per sample.
+        scale: ``"batch"`` (default), ``"expected"`` or ``"none"``; see the function.
+        data_format: ``"channels_first"`` (default) or ``"channels_last"``.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``block_size``, ``inplace``,
+            ``per_channel``, ``scale`` or ``data_format``; in ``forward`` as
+            ``dropkit.functional.drop_block2d`` (e.g. a wrong rank).
+
     Example:
         >>> import torch
         >>> from dropkit.nn.drop_block import DropBlock2d
@@ -98,6 +124,19 @@ class DropBlock2d(_DropBlockNd):
 class DropBlock3d(_DropBlockNd):
     """DropBlock over volumes ``(N, C, D, H, W)`` (or ``(N, D, H, W, C)``; unbatched
     ``(C, D, H, W)``). See ``dropkit.functional.drop_block3d``.
+
+    Args:
+        p: Expected fraction of units to drop, in ``[0, 1]`` (default 0.1).
+        block_size: Block side: an int, or one int per spatial axis (default 7).
+        inplace: Write the result into the input.
+        per_channel: One mask per channel (default) or, if ``False``, one per sample.
+        scale: ``"batch"`` (default), ``"expected"`` or ``"none"``; see the function.
+        data_format: ``"channels_first"`` (default) or ``"channels_last"``.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``block_size``, ``inplace``,
+            ``per_channel``, ``scale`` or ``data_format``; in ``forward`` as
+            ``dropkit.functional.drop_block3d`` (e.g. a wrong rank).
 
     Example:
         >>> import torch

@@ -141,8 +141,10 @@ class _DropConnectMixin:
 class DropConnectLinear(_DropConnectMixin, nn.Linear, _RateBase):
     """``nn.Linear`` with DropConnect on its weight (Wan et al., 2013); see the module docs.
 
+    The positional arguments ``in_features``, ``out_features``, ``bias``, ``device`` and
+    ``dtype`` are those of :class:`torch.nn.Linear`; the DropConnect settings are keyword-only.
+
     Args:
-        in_features, out_features, bias, device, dtype: As :class:`torch.nn.Linear`.
         p: Probability of dropping a weight, in ``[0, 1]``.
         mask: ``"batch"`` (one mask per call) or ``"sample"`` (one mask per input vector: every
             row of the flattened leading dimensions of ``(*, in_features)``).
@@ -152,6 +154,12 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, _RateBase):
 
     ``forward(input, *, seed=None, generator=None)``: ``seed`` fixes the mask (training) or the
     Gaussian draws (``inference="gaussian"``).
+
+    Raises:
+        TypeError: A non-real ``p``, a non-int ``n_samples``, a non-callable ``activation``; in
+            ``forward``, a bad ``seed`` or ``generator``.
+        ValueError: ``p`` outside ``[0, 1]``, an unknown ``mask`` or ``inference``,
+            ``n_samples < 1``; in ``forward``, a ``seed`` outside ``[0, 2**64)``.
 
     Example:
         >>> import torch
@@ -311,8 +319,10 @@ def _conv_class(dims: int):
     DropConnectConv.__doc__ = f"""``nn.{base.__name__}`` with DropConnect on its weight
     (Wan et al., 2013); see the module docs of :mod:`dropkit.nn.drop_connect`.
 
+    The positional arguments ``in_channels`` to ``dtype`` are those of
+    :class:`torch.nn.{base.__name__}`; the DropConnect settings are keyword-only.
+
     Args:
-        in_channels, ..., dtype: As :class:`torch.nn.{base.__name__}`.
         p: Probability of dropping a weight, in ``[0, 1]``.
         mask: ``"batch"`` (one mask per call) or ``"sample"`` (one mask per example; a grouped
             convolution over the batch, ``N * weight.numel()`` extra elements).
@@ -322,6 +332,19 @@ def _conv_class(dims: int):
 
     ``forward(input, *, seed=None, generator=None)``: ``seed`` fixes the mask (training) or the
     Gaussian draws (``inference="gaussian"``).
+
+    Raises:
+        TypeError: A non-real ``p``, a non-int ``n_samples``, a non-callable ``activation``; in
+            ``forward``, a bad ``seed`` or ``generator``.
+        ValueError: ``p`` outside ``[0, 1]``, an unknown ``mask`` or ``inference``,
+            ``n_samples < 1``; in ``forward``, a ``seed`` outside ``[0, 2**64)``.
+
+    Example:
+        >>> import torch, dropkit
+        >>> layer = dropkit.nn.{name}(2, 4, 3, p=0.5, mask="sample")
+        >>> x = torch.ones({", ".join(["2", "2"] + ["5"] * dims)})
+        >>> layer(x, seed=0).shape == layer.eval()(x).shape
+        True
     """
     return DropConnectConv
 

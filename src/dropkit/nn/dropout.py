@@ -44,6 +44,13 @@ class Dropout(_ModeDropout):
     See :func:`dropkit.functional.dropout` for the arguments, ``mode`` and ``noise_shape``
     semantics. ``noise_shape`` may use ``None`` for axes whose size varies (the batch).
 
+    Args:
+        p: Probability of dropping an element (not the keep probability), in ``[0, 1]``.
+        inplace: Write the result into the input.
+        mode: ``"inverted"`` (default) or ``"vanilla"``.
+        noise_shape: Keras-style shared axes: one entry per input axis, each ``1``, the axis'
+            size or ``None``; ``None`` (default) for the input's shape.
+
     Shape:
         - Input: ``(*)``. Output: same shape.
 
@@ -116,6 +123,17 @@ class SpatialDropout1d(_SpatialDropout):
     ``(N, L, C)`` as text arrives (samples, sequence_length, embedding_dim); unbatched inputs
     drop the batch axis. See :func:`dropkit.functional.spatial_dropout1d`.
 
+    Args:
+        p: Probability of dropping a channel (not the keep probability), in ``[0, 1]``.
+        inplace: Write the result into the input.
+        data_format: ``"channels_first"`` (default) or ``"channels_last"``.
+        mode: ``"inverted"`` (default) or ``"vanilla"``.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``inplace``, ``data_format`` or
+            ``mode``; in ``forward`` as :func:`dropkit.functional.spatial_dropout1d` (a wrong
+            rank, for example).
+
     Example:
         >>> import torch, dropkit
         >>> m = dropkit.nn.SpatialDropout1d(0.5, data_format="channels_last")
@@ -132,6 +150,17 @@ class SpatialDropout2d(_SpatialDropout):
     ``data_format="channels_last"``; unbatched ``(C, H, W)``). See
     :func:`dropkit.functional.spatial_dropout2d`.
 
+    Args:
+        p: Probability of dropping a channel (not the keep probability), in ``[0, 1]``.
+        inplace: Write the result into the input.
+        data_format: ``"channels_first"`` (default) or ``"channels_last"``.
+        mode: ``"inverted"`` (default) or ``"vanilla"``.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``inplace``, ``data_format`` or
+            ``mode``; in ``forward`` as :func:`dropkit.functional.spatial_dropout2d` (a wrong
+            rank, for example).
+
     Example:
         >>> import torch, dropkit
         >>> dropkit.nn.SpatialDropout2d(0.1)
@@ -145,6 +174,17 @@ class SpatialDropout3d(_SpatialDropout):
     """Drop whole channels of a volume batch ``(N, C, D, H, W)`` (or ``(N, D, H, W, C)``;
     unbatched ``(C, D, H, W)``). See :func:`dropkit.functional.spatial_dropout3d`.
 
+    Args:
+        p: Probability of dropping a channel (not the keep probability), in ``[0, 1]``.
+        inplace: Write the result into the input.
+        data_format: ``"channels_first"`` (default) or ``"channels_last"``.
+        mode: ``"inverted"`` (default) or ``"vanilla"``.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``inplace``, ``data_format`` or
+            ``mode``; in ``forward`` as :func:`dropkit.functional.spatial_dropout3d` (a wrong
+            rank, for example).
+
     Example:
         >>> import torch, dropkit
         >>> dropkit.nn.SpatialDropout3d(0.1)(torch.ones(1, 2, 3, 3, 3), seed=0).shape
@@ -157,6 +197,15 @@ class SpatialDropout3d(_SpatialDropout):
 class TimestepDropout(_ModeDropout):
     """Drop whole timesteps of ``(N, T, *features)``; see
     :func:`dropkit.functional.timestep_dropout`.
+
+    Args:
+        p: Probability of dropping a timestep (not the keep probability), in ``[0, 1]``.
+        inplace: Write the result into the input.
+        mode: ``"inverted"`` (default) or ``"vanilla"``.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``inplace`` or ``mode``; in
+            ``forward`` as :func:`dropkit.functional.timestep_dropout` (e.g. rank < 3).
 
     Example:
         >>> import torch, dropkit
@@ -176,6 +225,14 @@ class GaussianDropout(_DropoutNd):
     """Multiplicative Gaussian noise ``N(1, p / (1 - p))``; see
     :func:`dropkit.functional.gaussian_dropout`.
 
+    Args:
+        p: Equivalent drop rate, in ``[0, 1]``; the noise's variance is ``p / (1 - p)``.
+        inplace: Write the result into the input.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p`` or ``inplace``; in ``forward``
+            as :func:`dropkit.functional.gaussian_dropout`.
+
     Example:
         >>> import torch, dropkit
         >>> dropkit.nn.GaussianDropout(0.1).eval()(torch.ones(3)).tolist()
@@ -193,6 +250,15 @@ class AlphaDropout(_DropoutNd):
     """Alpha dropout for SELU networks; see :func:`dropkit.functional.alpha_dropout`.
     ``noise_shape`` (as in :class:`Dropout`) shares decisions over axes: ``(None, None, 1, 1)``
     on ``(N, C, H, W)`` is torch's ``FeatureAlphaDropout``.
+
+    Args:
+        p: Probability of dropping an element, in ``[0, 1]``.
+        inplace: Write the result into the input.
+        noise_shape: Keras-style shared axes, as in :class:`Dropout`.
+
+    Raises:
+        TypeError, ValueError: At construction for a bad ``p``, ``inplace`` or
+            ``noise_shape``; in ``forward`` when ``noise_shape`` does not fit the input.
 
     Example:
         >>> import torch, dropkit

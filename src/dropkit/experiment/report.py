@@ -1,0 +1,209 @@
+"""The results table, the CSV and JSON files and the PNG plots of an experiment.
+
+matplotlib is used through its Agg canvas (no pyplot), imported inside the plotting functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CSV_COLUMNS", "table", "write_files"]
+
+CSV_COLUMNS = ("dataset", "model", "method", "seed", "p", "epochs", "train_acc", "test_acc",
+               "gap", "sec_per_epoch")
+
+
+def table(result: dict[str, Any]) -> str:
+    """A plain-text table: one row per (dataset, model, method), then the MC-dropout numbers."""
+    head = (f"{'dataset':<8} {'model':<6} {'method':<17} {'p':>4} {'epochs':>6} {'seeds':>5} "
+            f"{'test acc % (mean ± std)':>24} {'train-test gap %':>16} {'s/epoch':>8}")
+    lines = [head, "-" * len(head)]
+    for r in result["summary"]:
+        acc = f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}"
+        lines.append(f"{r['dataset']:<8} {r['model']:<6} {r['method']:<17} {r['p']:>4.2f} "
+                     f"{r['epochs']:>6} {r['seeds']:>5} {acc:>24} {100 * r['gap']:>16.2f} "
+                     f"{r['sec_per_epoch']:>8.3f}")
+    mc = result["mc"]
+    if mc is not None:
+        mean, count = mc["mean_entropy"], mc["count"]
+        lines += ["", f"MC dropout (digits cnn2d, method {mc['method']}, {mc['samples']} passes, "
+                  f"MC accuracy {100 * mc['mc_accuracy']:.2f}%): mean predictive entropy, nats "
+                  f"(eval-mode entropy in brackets)"]
+        for group in ("correct", "misclassified", "noise"):
+            label = f"{group} ({count[group]})"
+            lines.append(f"  {label:<22} {mean[group]:.3f}  "
+                         f"[{mean[group + '_deterministic']:.3f}]")
+    return "\n".join(lines)
+
+
+def write_files(result: dict[str, Any], folder: Path, dpi: int = 100) -> list[Path]:
+    """Write ``runs.csv``, ``results.json`` and the PNG plots into ``folder``; returns paths."""
+    paths = [folder / "runs.csv", folder / "results.json"]
+    with _opened(paths[0]) as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(result["runs"])
+    with _opened(paths[1]) as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    figures = [("accuracy.png", _accuracy_figure(result)),
+               ("curves.png", _curves_figure(result)),
+               ("masks.png", _masks_figure(result))]
+    if result["mc"] is not None:
+        figures.append(("mc_entropy.png", _mc_figure(result["mc"])))
+    for name, fig in figures:
+        path = folder / name
+        try:
+            fig.savefig(path, dpi=dpi)
+        except OSError as err:
+            raise OSError(f"cannot write {str(path)!r}: {err.strerror or err}.") from None
+        paths.append(path)
+    return paths
+
+
+def _opened(path: Path) -> Any:
+    try:
+        return path.open("w", newline="", encoding="utf-8")
+    except OSError as err:
+        raise OSError(f"cannot write {str(path)!r}: {err.strerror or err}.") from None
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _panels(result: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Summary rows grouped by (dataset, model), in order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in result["summary"]:
+        groups.setdefault(f"{row['dataset']} / {row['model']}", []).append(row)
+    return list(groups.items())
+
+
+def _accuracy_figure(result: dict[str, Any]) -> Any:
+    panels = _panels(result)
+    fig = _figure(5.0 * max(len(panels), 1), 4.6)
+    for ax, (title, rows) in zip(fig.subplots(1, max(len(panels), 1), squeeze=False)[0],
+                                 panels, strict=False):
+        acc = [100 * r["test_acc"] for r in rows]
+        std = [100 * r["test_acc_std"] for r in rows]
+        ax.errorbar(range(len(rows)), acc, yerr=std, fmt="o", capsize=4, color="#2c7fb8")
+        ax.axhline(acc[0] if rows[0]["method"] == "none" else math.nan, color="grey",
+                   linestyle=":", linewidth=1, label="none")
+        ax.set_xticks(range(len(rows)), [r["method"] for r in rows], rotation=35, ha="right")
+        ax.set_ylabel("test accuracy, % (mean ± std over seeds)")
+        ax.set_title(f"{title} ({rows[0]['seeds']} seeds)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Test accuracy per dropout method")
+    return fig
+
+
+def _curves_figure(result: dict[str, Any]) -> Any:
+    import numpy as np
+
+    panels = _panels(result)
+    fig = _figure(5.0 * max(len(panels), 1), 4.4)
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    for ax, (title, rows) in zip(axes, panels, strict=False):
+        for row in rows:
+            curves = np.array([r["curve"] for r in result["runs"]
+                               if (r["dataset"], r["model"], r["method"])
+                               == (row["dataset"], row["model"], row["method"])])
+            epochs = np.arange(1, curves.shape[1] + 1)
+            ax.plot(epochs, 100 * curves.mean(0), label=row["method"],
+                    linestyle="-" if row["method"] != "none" else "--")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy, % (mean over seeds)")
+        ax.set_title(title)
+        bottom = min(100 * min(r["test_acc"] for r in rows) - 15, 90)
+        ax.set_ylim(max(bottom, 0), 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Learning curves")
+    return fig
+
+
+def _masks_figure(result: dict[str, Any]) -> Any:
+    """Each method's noise on one digits test image, broadcast to 4 channels (columns)."""
+    import numpy as np
+    import torch
+
+    import dropkit.nn as dnn
+
+    from .data import load_digits
+    from .models import BLOCK_SIZE, drop_layer
+
+    config = result["config"]
+    image = load_digits(config["data_seed"]).x_test[0]  # (1, 8, 8)
+    methods = [m for m in config["methods"] if m != "none"]
+    fig = _figure(8.0, 1.9 * (len(methods) + 1))
+    axes = fig.subplots(len(methods) + 1, 4, squeeze=False)
+    x = image.expand(4, 8, 8).unsqueeze(0).contiguous()  # (1, 4, 8, 8)
+    rows = [("input (4 copies)", x[0], torch.zeros(4, 8, 8, dtype=torch.bool))]
+    for i, method in enumerate(methods):
+        p = config["p"][method]
+        note = ""
+        if method == "droppath":
+            layer, inp, pick = dnn.DropPath(p), x.expand(4, 4, 8, 8), lambda t: t[:, 0]
+            note = "4 samples of a batch"
+        elif method == "dropconnect":
+            layer = dnn.DropConnectLinear(8, 8 * 4, p=p, bias=False)
+            layer.weight.data.fill_(1.0)
+            inp, pick = torch.eye(8), lambda t: t.T.reshape(4, 8, 8)  # the weight mask
+            note = "weight mask of an 8x32 layer"
+        else:
+            layer, inp, pick = drop_layer(method, p, 2), x, lambda t: t[0]
+            note = ("at the end of the ramp" if method == "dropblock-linear"
+                    else f"block {BLOCK_SIZE}" if method == "dropblock" else "")
+        # The same seed on ones gives the mask: the masks are a pure function of the seed.
+        torch.manual_seed(i)
+        out = pick(layer(inp)).detach()
+        torch.manual_seed(i)
+        ones = inp if method == "dropconnect" else torch.ones_like(inp)
+        dropped = pick(layer(ones)).detach() == 0
+        rows.append((f"{method}, p = {p}" + (f"\n{note}" if note else ""), out, dropped))
+    for r, (label, values, dropped) in enumerate(rows):
+        for c in range(4):
+            ax = axes[r, c]
+            ax.imshow(np.asarray(values[c]), cmap="Greys", vmin=0.0,
+                      vmax=max(float(values.max()), 1e-6), interpolation="nearest")
+            ax.imshow(np.ma.masked_array(np.ones((8, 8)), mask=~np.asarray(dropped[c])),
+                      cmap="autumn", vmin=0.0, vmax=1.0, alpha=0.8, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle("What each method drew on a digits test image (grey: the output, yellow: "
+                 "dropped)", fontsize=10)
+    return fig
+
+
+def _mc_figure(mc: dict[str, Any]) -> Any:
+    import numpy as np
+
+    fig = _figure(7.0, 4.4)
+    ax = fig.subplots()
+    bins = np.linspace(0.0, math.log(10), 31)
+    for group, color in (("correct", "#2c7fb8"), ("misclassified", "#d95f0e"),
+                         ("noise", "#7f7f7f")):
+        values = mc["entropies"][group]
+        ax.hist(values, bins=bins, density=True, alpha=0.55, color=color,
+                label=f"{group} (n = {len(values)}, mean {mc['mean_entropy'][group]:.3f})")
+    ax.set_xlabel("predictive entropy, nats (max ln 10 = 2.303)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title(f"MC dropout on digits (cnn2d, {mc['method']}, {mc['samples']} passes): "
+                 "test images vs uniform noise", fontsize=10)
+    return fig

@@ -1,0 +1,126 @@
+"""``dropkit experiment`` and :mod:`dropkit.experiment` on a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mnist1d")
+pytest.importorskip("sklearn")
+pytest.importorskip("tqdm")
+pytest.importorskip("matplotlib")
+
+from dropkit.cli import main
+from dropkit.experiment import MATRIX, METHODS, ExperimentConfig, run_experiment
+from dropkit.experiment.data import load_mnist1d
+from dropkit.experiment.report import CSV_COLUMNS
+
+TINY = {"epochs": {"cnn1d": 1, "mlp": 1, "cnn2d": 1}, "mnist1d_samples": 400,
+        "mc_samples": 2, "noise_images": 8}
+
+
+def test_cli_writes_table_and_files(tmp_path, capsys):
+    out = tmp_path / "exp"
+    code = main(["experiment", "--quick", "--quiet", "--epochs", "1", "--seeds", "2",
+                 "--methods", "none,droppath", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "test acc % (mean ± std)" in printed and "MC dropout" in printed
+    for name in ("runs.csv", "results.json", "accuracy.png", "curves.png", "masks.png",
+                 "mc_entropy.png"):
+        assert (out / name).stat().st_size > 0, name
+    with (out / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    # none on all three models, droppath only on the residual digits CNN; two seeds each.
+    assert [(r["model"], r["method"], r["seed"]) for r in rows] == [
+        (m, meth, s) for m, meth in (("cnn1d", "none"), ("mlp", "none"), ("cnn2d", "none"),
+                                     ("cnn2d", "droppath")) for s in ("0", "1")]
+    for r in rows:
+        assert 0.0 <= float(r["test_acc"]) <= 1.0 and r["epochs"] == "1"
+        assert float(r["gap"]) == pytest.approx(float(r["train_acc"]) - float(r["test_acc"]))
+    result = json.loads((out / "results.json").read_text())
+    assert result["mc"]["method"] == "droppath"
+    assert sum(result["mc"]["count"][k] for k in ("correct", "misclassified")) == 360
+    assert result["mc"]["count"]["noise"] == 500
+    assert len(result["summary"]) == 4
+
+
+def test_same_seed_same_accuracies():
+    config = ExperimentConfig(seeds=1, methods=("dropblock-linear", "dropconnect"), **TINY)
+
+    def accuracies() -> list[tuple[float, float]]:
+        return [(r["train_acc"], r["test_acc"]) for r in run_experiment(config)["runs"]]
+
+    first = accuracies()
+    assert len(first) == 2 + 1 + 2  # cnn1d (both), mlp (dropconnect), cnn2d (both)
+    assert accuracies() == first
+
+
+def test_matrix_uses_known_methods():
+    assert {m for methods in MATRIX.values() for m in methods} == set(METHODS)
+
+
+def test_mnist1d_generated_offline_and_leaves_global_rng(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("mnist1d tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    split = load_mnist1d(seed=7, num_samples=200)
+    assert np.random.rand() == expected
+    assert split.x_train.shape == (160, 1, 40) and split.x_test.shape == (40, 1, 40)
+    assert torch.equal(load_mnist1d(seed=7, num_samples=200).x_train, split.x_train)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--methods", "dropout,nope"], "none, dropout, vanilla"),
+        (["--seeds", "0"], "`--seeds` must be in [1, 100]"),
+        (["--epochs", "x"], "`--epochs` must be an int"),
+        (["--device", "tpu"], "`--device` must be cpu or cuda"),
+        (["--out", " "], "`--out`"),
+    ],
+)
+def test_bad_arguments_one_line_exit_2(tmp_path, capsys, argv, message):
+    assert main(["experiment", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_one_line(capsys):
+    assert main(["experiment", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and err.count("\n") == 1
+
+
+def test_missing_extra_gives_install_hint(monkeypatch, capsys, tmp_path):
+    import dropkit.cli.experiment as cli
+
+    monkeypatch.setattr(cli, "_missing", lambda: ["mnist1d"])
+    assert main(["experiment", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert 'pip install "dropkit[experiment]"' in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_import_stays_light():
+    # torch itself may import tqdm: only what the dropkit imports add counts.
+    code = ("import sys, torch; before = set(sys.modules); "
+            "import dropkit, dropkit.experiment, dropkit.cli.experiment; "
+            "print(sorted(m for m in ('mnist1d', 'sklearn', 'tqdm', 'matplotlib') "
+            "if m in sys.modules and m not in before))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
