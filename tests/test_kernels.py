@@ -527,3 +527,20 @@ def test_autograd_saves_only_the_key(backend, name, fn, shape, kw):
     assert max(saved) <= 2, saved
     out.backward(torch.ones_like(out))
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_first_parallel_kernel_keeps_torch_thread_count():
+    """Launching numba's OpenMP pool resets the process' OpenMP thread count; the kernels
+    restore torch's, so a user's torch.set_num_threads(1) holds (fresh process: the pool is
+    launched once)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, dropkit.functional as DF\n"
+        "torch.set_num_threads(1)\n"
+        "DF.dropout(torch.ones(2**20), 0.5)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

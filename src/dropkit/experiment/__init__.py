@@ -219,12 +219,6 @@ def _set_threads(threads: int | None) -> int | None:
 
     previous = torch.get_num_threads()
     if threads is not None:
-        # Launching numba's thread pool (which dropkit's CPU kernels do at their first call)
-        # resets torch's OpenMP thread count; launch it first, so the count set here holds
-        # for every run and runs in one process are reproducible.
-        import numba
-
-        numba.get_num_threads()
         torch.set_num_threads(threads)
     return previous
 

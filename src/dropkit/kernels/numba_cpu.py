@@ -349,7 +349,12 @@ def _broadcast_half(x, out, keep, sizes, field_strides, rows_per_item, scale, sh
 
 
 def _sync_threads() -> None:
-    nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
+    """Run numba with torch's thread count. Launching numba's OpenMP pool (the first call)
+    resets the process' OpenMP thread count, which torch reads, so torch's is restored."""
+    wanted = torch.get_num_threads()
+    nb.set_num_threads(max(1, min(wanted, nb.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def _key32(key: tuple[int, int]) -> tuple[np.uint32, np.uint32]:
