@@ -25,6 +25,10 @@ _INSTALL_HINT = 'pip install "dropkit[experiment]"'
 _NEEDED = ("mnist1d", "sklearn", "tqdm", "matplotlib")
 
 
+def _epochs(epochs: dict[str, int]) -> str:
+    return ", ".join(f"{model} {n}" for model, n in epochs.items())
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``experiment`` on argparse's subparsers object ``sub``."""
     from dropkit.experiment import DEFAULT_EPOCHS, DEFAULT_P, MATRIX, METHODS, QUICK_EPOCHS
@@ -42,7 +46,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             "spatial, dropblock, dropblock-linear = DropBlock with a linear rate ramp, "
             "gaussian) act after every ReLU; droppath on residual branches; dropconnect on the "
             f"CNN heads and the MLP's hidden layers. Rates: {rates}. Epochs: "
-            f"{DEFAULT_EPOCHS} ({QUICK_EPOCHS} with --quick). Writes runs.csv, results.json, "
+            f"{_epochs(DEFAULT_EPOCHS)} ({_epochs(QUICK_EPOCHS)} with --quick). Writes runs.csv, results.json, "
             "accuracy.png, curves.png, masks.png and mc_entropy.png (MC-dropout predictive "
             f"entropy on digits: correct, misclassified, noise). Needs {_INSTALL_HINT}."
         ),
