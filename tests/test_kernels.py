@@ -544,3 +544,100 @@ def test_first_parallel_kernel_keeps_torch_thread_count():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian noise: the fused numba kernel (stream 1 Box-Muller + x * (1 + std * z))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits of a float tensor (so -0.0 != 0.0 and NaNs compare by payload)."""
+    return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def test_numba_box_muller_on_chosen_and_random_words():
+    """The kernel's scalar Box-Muller equals the spec's on edge words (0, 0xFFFFFFFF, the
+    quadrant boundaries) in both positions and on 300k random pairs: 600k+ values, bit for bit."""
+    edge = np.array([0, 1, 2, 0x1FFFFFFF, 0x20000000, 0x3FFFFFFF, 0x40000000, 0x7FFFFFFF,
+                     0x80000000, 0xBFFFFFFF, 0xC0000000, 0xFFFFFFFE, 0xFFFFFFFF], dtype=np.uint32)
+    ra, rb = (w.ravel() for w in np.meshgrid(edge, edge))
+    words = np.random.default_rng(5).integers(0, 2**32, size=(2, 300_000), dtype=np.uint32)
+    ra, rb = np.concatenate([ra, words[0]]), np.concatenate([rb, words[1]])
+    got = numba_cpu.box_muller_words(ra, rb)
+    want = rng.box_muller(ra.astype(np.float64), rb.astype(np.float64))
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g.view(np.uint64), w.view(np.uint64)), int((g != w).sum())
+    assert got[0][edge.size - 1] == 0.0  # ra = 0xFFFFFFFF: u1 = 1, radius 0
+
+
+@pytest.mark.parametrize("count", [5 * 4 * numba_cpu._GAUSS_ITEM + 3, 2**19 + 2])
+def test_normal_field_parallel_path_matches_spec(count):
+    """Fields spanning several parallel work items (ragged tails) equal the spec bit for bit."""
+    seed = 0xDEADBEEF12345
+    z = numba_cpu.normal_field(rng.seed_to_key(seed), count).numpy()
+    assert np.array_equal(z.view(np.uint64), rng.normal_field((count,), seed).view(np.uint64))
+
+
+def _gaussian_reference(x, key, std):
+    """dropkit::gaussian_mul's reference expression, on torch_ref's noise."""
+    z = torch_ref.normal_field(key, x.numel()).reshape(x.shape)
+    ct = torch_ref.compute_dtype(x.dtype)
+    return (x.to(ct) * (1.0 + std * z).to(ct)).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_fused_gaussian_equals_reference_expression(dtype):
+    n = 3 * 4 * numba_cpu._GAUSS_ITEM + 5  # parallel path with a ragged tail
+    x = _input((n,), dtype)
+    x[:4] = torch.tensor([0.0, -0.0, 1e-30, -1e30], dtype=dtype)
+    for std in (0.0, 0.1, 1.0, 99.5):
+        for key in ((0, 0), (0xFFFFFFFF, 0xFFFFFFFF), (123, 456)):
+            for inp in (x[:7], x[:4099], x):  # serial and parallel paths
+                got = numba_cpu.gaussian(inp, key, std)
+                assert got.dtype == dtype and got.shape == inp.shape and got.is_contiguous()
+                assert torch.equal(_bits(got), _bits(_gaussian_reference(inp, key, std)))
+    strided = x[: 2 * 4099].reshape(2, 4099).t()  # not contiguous: logical order counts
+    want = _gaussian_reference(strided, (7, 8), 0.5)
+    assert torch.equal(_bits(numba_cpu.gaussian(strided, (7, 8), 0.5)), _bits(want))
+
+
+def test_fused_gaussian_leaves_16_bit_floats_to_the_reference():
+    for dtype in (torch.float16, torch.bfloat16):
+        assert numba_cpu.gaussian(torch.ones(5, dtype=dtype), (1, 2), 0.5) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gaussian_dropout_backends_identical_large(dtype):
+    x = _input((5, 4 * numba_cpu._GAUSS_ITEM + 1), dtype)
+    for p, seed in P_SEEDS:
+        a, b = _both(DF.gaussian_dropout, x, p, seed=seed)
+        assert torch.equal(_bits(a), _bits(b)), f"p={p} seed={seed}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gaussian_dropout_thread_count_independent(dtype):
+    x = _input((2**18 + 3,), dtype)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        results.append(run_on("numba", DF.gaussian_dropout, x, 0.3, seed=2**63 + 5))
+        assert numba.get_num_threads() == min(threads, numba.config.NUMBA_NUM_THREADS)
+    assert torch.equal(_bits(results[0]), _bits(results[1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gaussian_dropout_gradient_backends_identical(dtype):
+    """Backward is the same op on the gradient: equal on both backends, and with upstream
+    ones it is the rounded factor, i.e. gaussian_dropout of ones."""
+    shape = (3, 4 * numba_cpu._GAUSS_ITEM + 7)
+    upstream = _input(shape, dtype, seed=3)
+    grads = []
+    for backend in BACKENDS:
+        x = _input(shape, dtype).requires_grad_()
+        out = run_on(backend, DF.gaussian_dropout, x, 0.4, seed=99)
+        (grad,) = run_on(backend, torch.autograd.grad, out, x, upstream, retain_graph=True)
+        grads.append(grad)
+        ones = run_on(backend, DF.gaussian_dropout, torch.ones(shape, dtype=dtype), 0.4, seed=99)
+        (g1,) = run_on(backend, torch.autograd.grad, out, x, torch.ones_like(out))
+        assert torch.equal(_bits(g1), _bits(ones))
+    assert torch.equal(_bits(grads[0]), _bits(grads[1]))

@@ -146,6 +146,10 @@ masked_affine_at.register_autograd(
 @torch.library.custom_op("dropkit::gaussian_mul", mutates_args=())
 def gaussian_mul(x: Tensor, key: Tensor, std: float) -> Tensor:
     backend = kernels.for_device(x.device)
+    fused = getattr(backend, "gaussian", None)  # numba: float32/float64 in one pass, same bits
+    out = fused(x, _key(key), std) if fused is not None else None
+    if out is not None:
+        return out
     z = backend.normal_field(_key(key), x.numel(), device=x.device).reshape(x.shape)
     ct = torch_ref.compute_dtype(x.dtype)
     return (x.to(ct) * (1.0 + std * z).to(ct)).to(x.dtype).contiguous()

@@ -132,12 +132,9 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace) -> Tensor:
     return input
 
 
-def _run_rate(
-    input, p, noise_shape, kind, inplace, seed, generator, draw=True, per_rank=True
-) -> Tensor:
+def _run_rate(input, p, noise_shape, kind, inplace, seed, generator, per_rank=True) -> Tensor:
     """The tensor-rate path: the op reads ``p`` at run time (no recompiles when it changes)."""
-    key = (draw_key(seed, generator, per_rank=per_rank) if draw
-           else torch.zeros(2, dtype=torch.int64))
+    key = draw_key(seed, generator, per_rank=per_rank)
     out = _ops.rate_op(input, key, p, list(noise_shape), kind)
     return input.copy_(out) if inplace else out
 

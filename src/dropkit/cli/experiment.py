@@ -46,9 +46,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             "spatial, dropblock, dropblock-linear = DropBlock with a linear rate ramp, "
             "gaussian) act after every ReLU; droppath on residual branches; dropconnect on the "
             f"CNN heads and the MLP's hidden layers. Rates: {rates}. Epochs: "
-            f"{_epochs(DEFAULT_EPOCHS)} ({_epochs(QUICK_EPOCHS)} with --quick). Writes runs.csv, results.json, "
-            "accuracy.png, curves.png, masks.png and mc_entropy.png (MC-dropout predictive "
-            f"entropy on digits: correct, misclassified, noise). Needs {_INSTALL_HINT}."
+            f"{_epochs(DEFAULT_EPOCHS)} ({_epochs(QUICK_EPOCHS)} with --quick). Writes "
+            "runs.csv, results.json, accuracy.png, curves.png, masks.png and mc_entropy.png "
+            "(MC-dropout predictive entropy on digits: correct, misclassified, noise). "
+            f"Needs {_INSTALL_HINT}."
         ),
     )
     # Values are parsed in run(), so that a bad value is a one-line error (exit code 2).

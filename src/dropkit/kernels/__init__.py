@@ -4,7 +4,9 @@
 * ``torch_ref``: pure PyTorch, any device (CUDA uses it until the Triton kernels land).
 
 Each backend module exposes ``apply``, ``keep_field`` and ``normal_field`` with the same
-signatures and the same bits. The choice is ``"auto"`` by default; ``DROPKIT_BACKEND`` in the
+signatures and the same bits; a backend may also offer ``gaussian(x, key, std)`` (fused Gaussian
+dropout, ``None`` where it does not apply), which ``dropkit::gaussian_mul`` uses when present.
+The choice is ``"auto"`` by default; ``DROPKIT_BACKEND`` in the
 environment or :func:`set_backend` can force ``"numba"`` or ``"torch"``. Backends are imported on
 first use, so ``import dropkit`` stays light.
 """

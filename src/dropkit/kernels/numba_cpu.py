@@ -9,6 +9,10 @@ its backward) generates and applies the mask in one pass; a broadcast field (spa
 noise_shape) is drawn once (it is small) and applied in one pass. 16-bit alpha dropout draws the
 keep field here and applies it with ``torch_ref``'s ``torch.where`` expression, so both backends
 share that arithmetic.
+
+Gaussian noise (stream 1) is the spec's Box-Muller (:func:`dropkit.rng.box_muller`) transcribed
+to scalar float64 code with the same bits; :func:`gaussian` generates it and multiplies float32
+and float64 inputs in one pass.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from numba.extending import intrinsic
 from .. import rng
 from . import torch_ref
 
-__all__ = ["apply", "keep_field", "normal_field"]
+__all__ = ["apply", "box_muller_words", "gaussian", "keep_field", "normal_field"]
 
 _M0 = np.uint64(rng.PHILOX_M0)
 _M1 = np.uint64(rng.PHILOX_M1)
@@ -376,10 +380,212 @@ def keep_field(key: tuple[int, int], t: int, count: int, device=None) -> torch.T
     return torch.from_numpy(out).view(torch.bool)
 
 
+# Gaussian noise (stream 1): dropkit.rng.box_muller transcribed operation by operation, in the same
+# order, on float64 scalars (numba emits no fast-math flags, so LLVM fuses no multiply-add and
+# the bits equal the spec's; the tests compare them bit for bit). The spec's ``where`` selections
+# are plain conditionals. Written so that LLVM vectorizes the Box-Muller loop (4x faster): frexp
+# by bit operations, not a library call; coefficients as constant tuples, not arrays; NumPy's
+# error model, i.e. no ZeroDivisionError check on ``/`` (no divisor here is ever 0).
+_LOG_C = rng._LOG_COEF
+_SIN_C = rng._SIN_COEF
+_COS_C = rng._COS_COEF
+_POW2_STEPS = tuple(2.0 ** (2**bit) for bit in range(5))
+_GAUSS_ITEM = 4 * _TILE  # Philox blocks (4 normals each) per parallel work item
+
+
+@intrinsic
+def _f64_to_bits(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.uint64(types.float64), codegen
+
+
+@intrinsic
+def _f64_from_bits(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.uint64), codegen
+
+
+@nb.njit(inline="always", cache=True)
+def _frexp(a):
+    """``math.frexp(a)`` by bit operations, exact for every nonzero normal ``a``. Zero (and
+    subnormals, inf, NaN) give another pair; the callers never use it: u1 is in [2**-32, 1], and
+    :func:`_sqrt` returns 0 for ``a == 0`` as the spec's ``where`` does."""
+    b = _f64_to_bits(a)
+    e = np.int64((b >> np.uint64(52)) & np.uint64(0x7FF)) - 1022
+    return _f64_from_bits((b & np.uint64(0x800FFFFFFFFFFFFF)) | np.uint64(1022 << 52)), e
+
+
+@nb.njit(inline="always", cache=True)
+def _horner(x, coef):
+    acc = coef[len(coef) - 1]  # the spec's ``x * 0.0 + coef[-1]``: x is finite and >= 0
+    for k in range(len(coef) - 2, -1, -1):
+        acc = acc * x + coef[k]
+    return acc
+
+
+@nb.njit(inline="always", cache=True)
+def _pow2(h):
+    neg = h < 0
+    habs = -h if neg else h
+    out = 1.0
+    for bit in range(5):
+        step = _POW2_STEPS[bit]
+        factor = 1.0 / step if neg else step
+        out = out * (factor if (habs & (1 << bit)) != 0 else 1.0)
+    return out
+
+
+@nb.njit(inline="always", cache=True)
+def _sqrt(a):
+    m, e = _frexp(a)
+    if (e & 1) != 0:
+        m = m * 2.0
+        e = e - 1
+    g = 0.5 + 0.5 * m
+    for _ in range(rng._NEWTON_STEPS):
+        g = 0.5 * (g + m / g)
+    return 0.0 if a == 0.0 else g * _pow2(e // 2)
+
+
+@nb.njit(inline="always", cache=True)
+def _box_muller(ra, rb):
+    """:func:`dropkit.rng.box_muller` on one pair of word values (float64)."""
+    u1 = (ra + 1.0) * 2.0**-32
+    m, ei = _frexp(u1)
+    if m < rng._SQRT_HALF:
+        m = m * 2.0
+        ei = ei - 1
+    e = float(ei)  # the spec's ``m * 0.0 + e``: m > 0, so this is e exactly
+    s = (m - 1.0) / (m + 1.0)
+    log_u1 = e * rng._LN2 + s * _horner(s * s, _LOG_C)
+    radius = _sqrt(-2.0 * log_u1)
+    v = rb * 2.0**-30
+    q = math.floor(v)
+    f = v - q
+    flip = f > 0.5
+    if flip:
+        f = 1.0 - f
+    t = f * rng._HALF_PI
+    t2 = t * t
+    sin_t, cos_t = t * _horner(t2, _SIN_C), _horner(t2, _COS_C)
+    sin_r, cos_r = (cos_t, sin_t) if flip else (sin_t, cos_t)
+    if q == 0:
+        cos_a, sin_a = cos_r, sin_r
+    elif q == 1:
+        cos_a, sin_a = -sin_r, cos_r
+    elif q == 2:
+        cos_a, sin_a = -cos_r, -sin_r
+    else:
+        cos_a, sin_a = sin_r, -cos_r
+    return radius * cos_a, radius * sin_a
+
+
+@nb.njit(cache=True, error_model="numpy")
+def box_muller_words(ra, rb):
+    """Box-Muller of word pairs ``ra[i], rb[i]`` (uint32 arrays): ``(z_even, z_odd)`` float64.
+    Exposed so tests can feed chosen words (0, 0xFFFFFFFF, ...) to the kernel's transform."""
+    z0 = np.empty(ra.size, dtype=np.float64)
+    z1 = np.empty(ra.size, dtype=np.float64)
+    for i in range(ra.size):
+        z0[i], z1[i] = _box_muller(np.float64(ra[i]), np.float64(rb[i]))
+    return z0, z1
+
+
+@nb.njit(inline="always", cache=True)
+def _fill_normals(zs, words, first_block, n_blocks, k0, k1):
+    """Normals ``4 * first_block ...`` of stream 1 into ``zs`` (float64, 4 per block); ``words``
+    is a uint32 scratch buffer as long as ``zs``. Words first, then one simple loop over pairs."""
+    _fill_tile(words, first_block, n_blocks, np.uint32(rng.STREAM_NORMAL), k0, k1)
+    for j in range(2 * n_blocks):
+        zs[2 * j], zs[2 * j + 1] = _box_muller(np.float64(words[2 * j]),
+                                               np.float64(words[2 * j + 1]))
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _normal_range(out, b_start, b_stop, k0, k1):
+    """Normals of blocks ``b_start ... b_stop - 1`` into ``out`` (a multiple of 4 long)."""
+    words = np.empty(_TILE * 4, dtype=np.uint32)
+    for c in range((b_stop - b_start + _TILE - 1) // _TILE):
+        first = b_start + c * _TILE
+        nb_ = min(_TILE, b_stop - first)
+        _fill_normals(out[4 * first:4 * (first + nb_)], words, first, nb_, k0, k1)
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def _normal(out, k0, k1):
+    n_blocks = out.size // 4
+    for c in nb.prange((n_blocks + _GAUSS_ITEM - 1) // _GAUSS_ITEM):
+        start = np.int64(c) * _GAUSS_ITEM
+        _normal_range(out, start, min(start + _GAUSS_ITEM, n_blocks), k0, k1)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _gauss_range(x, out, b_start, b_stop, k0, k1, std):
+    """``out = x * ct(1.0 + std * z)`` for blocks ``b_start ... b_stop - 1``: the factor is
+    computed in float64 and rounded to x's dtype (the compute dtype), then multiplied in it."""
+    n = x.size
+    zs = np.empty(_TILE * 4, dtype=np.float64)
+    words = np.empty(_TILE * 4, dtype=np.uint32)
+    fac = np.empty(_TILE * 4, dtype=x.dtype)
+    for c in range((b_stop - b_start + _TILE - 1) // _TILE):
+        first = b_start + c * _TILE
+        _fill_normals(zs, words, first, min(_TILE, b_stop - first), k0, k1)
+        i0 = first * 4
+        m = min(_TILE * 4, n - i0)
+        for j in range(m):
+            fac[j] = 1.0 + std * zs[j]
+        xs, os_ = x[i0:i0 + m], out[i0:i0 + m]
+        for j in range(m):
+            os_[j] = xs[j] * fac[j]
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def _gauss(x, out, k0, k1, std):
+    n_blocks = (x.size + 3) // 4
+    for c in nb.prange((n_blocks + _GAUSS_ITEM - 1) // _GAUSS_ITEM):
+        start = np.int64(c) * _GAUSS_ITEM
+        _gauss_range(x, out, start, min(start + _GAUSS_ITEM, n_blocks), k0, k1, std)
+
+
 def normal_field(key: tuple[int, int], count: int, device=None) -> torch.Tensor:
-    """Standard normal float64 noise: computed with ``torch_ref``'s tensor code (multi-threaded
-    torch ops), which follows the spec's fixed Box-Muller formulas; not a numba kernel yet."""
-    return torch_ref.normal_field(key, count)
+    """Standard normal float64 noise of field elements ``0 ... count - 1`` (stream 1, the spec's
+    Box-Muller: the same bits as ``torch_ref.normal_field``); ``device`` is ignored."""
+    n_blocks = -(-count // rng.NORMALS_PER_BLOCK)
+    out = np.empty(4 * n_blocks, dtype=np.float64)
+    if n_blocks:
+        _sync_threads()
+        if n_blocks <= _GAUSS_ITEM:
+            _normal_range(out, 0, n_blocks, *_key32(key))
+        else:
+            _normal(out, *_key32(key))
+    return torch.from_numpy(out[:count])
+
+
+def gaussian(x: torch.Tensor, key: tuple[int, int], std: float) -> torch.Tensor | None:
+    """``x * (1 + std * z)`` fused, for float32 and float64 ``x``: the factor is computed in
+    float64, rounded to x's dtype and multiplied in it, as ``dropkit::gaussian_mul``'s reference
+    expression does. Returns a new contiguous tensor, or ``None`` for other dtypes (the caller
+    then uses the reference expression with :func:`normal_field`)."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return None
+    src = x.contiguous()
+    out = torch.empty_like(src, memory_format=torch.contiguous_format)
+    n = src.numel()
+    if n == 0:
+        return out
+    xs, os_ = _flat_numpy(src, None), _flat_numpy(out, None)
+    k0, k1 = _key32(key)
+    n_blocks = (n + 3) // 4
+    _sync_threads()
+    if n_blocks <= _GAUSS_ITEM:
+        _gauss_range(xs, os_, 0, n_blocks, k0, k1, float(std))
+    else:
+        _gauss(xs, os_, k0, k1, float(std))
+    return out
 
 
 # float16 uses LLVM's half <-> float conversions, which need the F16C instructions to stay inline.
