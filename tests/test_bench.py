@@ -450,7 +450,7 @@ def test_bad_arguments_exit_2(args, message, capsys):
     assert dropkit.cli.main(["bench", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err  # one line
-    assert err.startswith("dropkit bench: error: bench: ")
+    assert err.startswith("dropkit bench: error: `")
     assert re.search(message, err), err
 
 

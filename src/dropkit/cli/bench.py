@@ -120,11 +120,11 @@ def _parse_dtypes(text: str) -> list[str]:
     """Split a comma list of dtype names, rejecting unknown ones (ValueError)."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
-        raise ValueError("bench: `--dtype` must name at least one dtype, got an empty list.")
+        raise ValueError("`--dtype` must name at least one dtype, got an empty list.")
     for name in names:
         if name not in DTYPE_NAMES:
             raise ValueError(
-                f"bench: `--dtype` entries must be one of {', '.join(DTYPE_NAMES)}, "
+                f"`--dtype` entries must be one of {', '.join(DTYPE_NAMES)}, "
                 f"got {name!r}."
             )
     return list(dict.fromkeys(names))  # keep order, drop repeats
@@ -136,11 +136,11 @@ def _parse_ops(text: str | None) -> list[str]:
         return list(OP_NAMES)
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
-        raise ValueError("bench: `--ops` must name at least one op, got an empty list.")
+        raise ValueError("`--ops` must name at least one op, got an empty list.")
     for name in names:
         if name not in OP_NAMES:
             raise ValueError(
-                f"bench: `--ops` entries must be one of {', '.join(OP_NAMES)} (or all), "
+                f"`--ops` entries must be one of {', '.join(OP_NAMES)} (or all), "
                 f"got {name!r}."
             )
     return [name for name in OP_NAMES if name in names]  # table order
@@ -152,11 +152,11 @@ def _parse_block_sizes(text: str) -> list[int]:
         sizes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ValueError(
-            f"bench: `--block-sizes` must be a comma list of integers, got {text!r}."
+            f"`--block-sizes` must be a comma list of integers, got {text!r}."
         ) from None
     if not sizes or min(sizes) <= 0:
         raise ValueError(
-            f"bench: `--block-sizes` must be a comma list of positive integers, got {text!r}."
+            f"`--block-sizes` must be a comma list of positive integers, got {text!r}."
         )
     return list(dict.fromkeys(sizes))
 
@@ -168,11 +168,11 @@ def _parse_shape(text: str, option: str = "--shape") -> tuple[int, int, int, int
         dims = tuple(int(part) for part in parts)
     except ValueError:
         raise ValueError(
-            f"bench: `{option}` must be four integers N,C,H,W, got {text!r}."
+            f"`{option}` must be four integers N,C,H,W, got {text!r}."
         ) from None
     if len(dims) != 4 or min(dims) <= 0:
         raise ValueError(
-            f"bench: `{option}` must be four positive integers N,C,H,W, got {text!r}."
+            f"`{option}` must be four positive integers N,C,H,W, got {text!r}."
         )
     return dims  # type: ignore[return-value]
 
@@ -203,7 +203,7 @@ def derive_shape(numel: int) -> tuple[int, int, int, int]:
     (1, 7, 1, 1)
     """
     if numel <= 0:
-        raise ValueError(f"bench: `numel` must be positive, got {numel}.")
+        raise ValueError(f"`numel` must be positive, got {numel}.")
     plane = _largest_divisor_at_most(numel, math.sqrt(numel / 4))
     rows = numel // plane
     n = _largest_divisor_at_most(rows, math.sqrt(rows / 8))
@@ -230,29 +230,29 @@ class _Config:
 def _config(args: argparse.Namespace) -> _Config:
     """Validate the parsed arguments; every problem is a one-line ValueError."""
     if args.numel is not None and args.numel <= 0:
-        raise ValueError(f"bench: `--numel` must be a positive integer, got {args.numel}.")
+        raise ValueError(f"`--numel` must be a positive integer, got {args.numel}.")
     shape = _parse_shape(args.shape) if args.shape is not None else None
     if shape is not None:
         numel = math.prod(shape)
         if args.numel is not None and args.numel != numel:
             raise ValueError(
-                f"bench: `--shape` {args.shape} has {numel} elements but `--numel` is "
+                f"`--shape` {args.shape} has {numel} elements but `--numel` is "
                 f"{args.numel}."
             )
     else:
         numel = DEFAULT_NUMEL if args.numel is None else args.numel
         shape = DEFAULT_SHAPE if numel == DEFAULT_NUMEL else derive_shape(numel)
     if not (0.0 <= args.p <= 1.0):  # also rejects NaN
-        raise ValueError(f"bench: `--p` must be in [0, 1], got {args.p}.")
+        raise ValueError(f"`--p` must be in [0, 1], got {args.p}.")
     if args.repeat <= 0:
-        raise ValueError(f"bench: `--repeat` must be a positive integer, got {args.repeat}.")
+        raise ValueError(f"`--repeat` must be a positive integer, got {args.repeat}.")
     if args.warmup < MIN_WARMUP:
-        raise ValueError(f"bench: `--warmup` must be at least {MIN_WARMUP}, got {args.warmup}.")
+        raise ValueError(f"`--warmup` must be at least {MIN_WARMUP}, got {args.warmup}.")
     if args.threads is not None and args.threads <= 0:
-        raise ValueError(f"bench: `--threads` must be a positive integer, got {args.threads}.")
+        raise ValueError(f"`--threads` must be a positive integer, got {args.threads}.")
     if args.backend not in BACKEND_NAMES:
         raise ValueError(
-            f"bench: `--backend` must be one of {', '.join(BACKEND_NAMES)}, got {args.backend!r}."
+            f"`--backend` must be one of {', '.join(BACKEND_NAMES)}, got {args.backend!r}."
         )
     return _Config(
         numel=numel,
