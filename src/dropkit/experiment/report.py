@@ -166,7 +166,8 @@ def _masks_figure(result: dict[str, Any]) -> Any:
         else:
             layer, inp, pick = drop_layer(method, p, 2), x, lambda t: t[0]
             note = ("at the end of the ramp" if method == "dropblock-linear"
-                    else f"block {BLOCK_SIZE}" if method == "dropblock" else "")
+                    else f"block {BLOCK_SIZE}" if method == "dropblock"
+                    else "whole channels (columns)" if method == "spatial" else "")
         # The same seed on ones gives the mask: the masks are a pure function of the seed.
         torch.manual_seed(i)
         out = pick(layer(inp)).detach()
