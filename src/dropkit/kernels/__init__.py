@@ -1,7 +1,9 @@
 """Backends of the mask engine, one file each, behind one small dispatcher.
 
 * ``numba_cpu``: fused, parallel CPU kernels (used for CPU tensors when numba imports).
-* ``torch_ref``: pure PyTorch, any device (CUDA uses it until the Triton kernels land).
+* ``torch_ref``: pure PyTorch, any device (CUDA tensors use it by default for now).
+* ``triton_cuda``: Triton kernels for CUDA tensors, checked bit for bit in Triton's CPU
+  interpreter but not yet on a GPU, so used only when asked for with ``"triton"``.
 
 Each backend module exposes ``apply``, ``keep_field`` and ``normal_field`` with the same
 signatures and the same bits; a backend may also offer ``gaussian(x, key, std)`` (fused Gaussian
@@ -21,7 +23,7 @@ import torch
 
 __all__ = ["BACKENDS", "for_device", "get_backend", "set_backend"]
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "torch", "triton")
 
 
 def _check(name: str) -> str:
@@ -34,8 +36,9 @@ _backend = _check(os.environ.get("DROPKIT_BACKEND", "auto"))
 
 
 def set_backend(name: str) -> None:
-    """Choose the backend for CPU tensors: ``"auto"`` (numba when available), ``"numba"``,
-    or ``"torch"``. Other devices always use the pure-PyTorch path for now.
+    """Choose the backend: ``"auto"`` (numba for CPU tensors when available, pure PyTorch
+    elsewhere), ``"numba"``, ``"torch"`` (pure PyTorch everywhere), or ``"triton"`` (the Triton
+    kernels for CUDA tensors, not yet checked on a GPU; CPU tensors as ``"auto"``).
 
     >>> set_backend("torch"); get_backend()
     'torch'
@@ -61,6 +64,8 @@ def _load(name: str) -> ModuleType | None:
 
 def for_device(device: torch.device) -> ModuleType:
     """The backend module that computes masks for tensors on ``device``."""
+    if device.type == "cuda" and _backend == "triton":
+        return importlib.import_module(f"{__name__}.triton_cuda")
     if device.type == "cpu" and _backend != "torch":
         module = _load("numba_cpu")
         if module is not None:
