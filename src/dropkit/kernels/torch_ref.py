@@ -1,4 +1,4 @@
-"""Pure-PyTorch Philox4x32-10: the backend for any device (CUDA uses it until Triton lands).
+"""Pure-PyTorch Philox4x32-10: the backend for any device (CUDA's default for now).
 
 32-bit words are held in int64 tensors. The 32x32 -> 64-bit products that Philox needs are
 split into two 32x16-bit products, so every intermediate stays below 2**49 and no int64
