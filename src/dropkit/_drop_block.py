@@ -28,8 +28,6 @@ from .kernels import torch_ref
 
 __all__ = ["drop_block1d", "drop_block2d", "drop_block3d"]
 
-_MASK32 = 0xFFFFFFFF
-
 
 # ---------------------------------------------------------------------------------------------
 # The torch path (any device)
@@ -40,9 +38,7 @@ def seed_field(key: tuple[int, int], shape: tuple[int, ...], threshold: int, dev
     block ``(n_lo, n_hi, 2, 0)``, ``n = i // 4``, and is a seed iff ``r < threshold``."""
     count = math.prod(shape)
     n = torch.arange(-(-count // spec.WORDS_PER_BLOCK), dtype=torch.int64, device=device)
-    zero = torch.zeros((), dtype=torch.int64, device=device)
-    words = torch_ref.philox4x32(n & _MASK32, n >> 32, zero + spec.STREAM_DROPBLOCK, zero, *key)
-    words = torch.stack(words, dim=-1).reshape(-1)[:count]
+    words = torch_ref.block_words(key, n, spec.STREAM_DROPBLOCK).reshape(-1)[:count]
     return (words < threshold).reshape(shape)
 
 

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _ops, rng
+from . import _ops
 from . import _validation as v
 
 __all__ = [
@@ -184,24 +184,12 @@ def _check(fn, input, p, training, shard, seed, generator):
     return local, shard, wrap, (_ops.read_rate(p) if isinstance(p, Tensor) else p)
 
 
-def _key(seed, generator) -> Tensor:
+def _masked(local, p, training, mode, field, shard, seed, generator) -> Tensor:
+    """Dropout's shared path with the shard's offset: no rank mixing, the global field."""
     from . import functional as F
 
-    return F.draw_key(seed, generator, per_rank=False)
-
-
-def _masked(local, p, training, mode, field, shard, seed, generator) -> Tensor:
-    if local.numel() == 0 or (not training and mode == "inverted"):
-        return local
-    kind = ("inverted" if mode == "inverted" else "unscaled") if training else "eval"
-    t, scale, shift, fill = rng.affine_params(kind, p)
-    if t == 0 and scale == 1.0:
-        return local
-    if not training:
-        return local * scale
-    key = _key(seed, generator) if t < rng.LANE_RANGE else torch.zeros(2, dtype=torch.int64)
-    return _ops.masked_affine_at(local, key, t, list(field), list(shard.offset), scale, shift,
-                                 fill)
+    return F._dropout_impl(local, p, training, False, mode, field, seed, generator,
+                           per_rank=False, offset=shard.offset)
 
 
 def dropout(
@@ -314,6 +302,7 @@ def _block(spatial_dims: int):
     ) -> Tensor:
         from . import _drop_block
         from . import _drop_block_numpy as spec
+        from . import functional as F
 
         fn = f"distributed.{name}"
         local, shard, wrap, p = _check(fn, input, p, training, shard, seed, generator)
@@ -327,7 +316,8 @@ def _block(spatial_dims: int):
         spec.check_rank(fn, shard.global_shape, spatial_dims, data_format)
         if not training or p == 0.0 or local.numel() == 0:
             return input
-        key = _key(seed, generator) if p < 1.0 else torch.zeros(2, dtype=torch.int64)
+        key = (F.draw_key(seed, generator, per_rank=False) if p < 1.0
+               else torch.zeros(2, dtype=torch.int64))
         out = _drop_block.drop_block_at_op(
             local, key, torch.tensor(p, dtype=torch.float64), list(block), per_channel, scale,
             data_format == "channels_last", list(shard.global_shape), list(shard.offset),

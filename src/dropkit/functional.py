@@ -119,9 +119,14 @@ def draw_key(
 _NO_KEY = (0, 0)  # p_eff == 1 draws nothing: every element is dropped without looking
 
 
-def _run(input, key, t, noise_shape, scale, shift, fill, inplace) -> Tensor:
+def _run(input, key, t, noise_shape, scale, shift, fill, inplace, offset=None) -> Tensor:
+    """Apply the op; ``offset``: ``input`` is a shard at that offset of a global input whose
+    field is ``noise_shape`` (:mod:`dropkit.distributed`; out of place)."""
     if not isinstance(key, Tensor):
         key = torch.tensor(key, dtype=torch.int64)
+    if offset is not None:
+        return _ops.masked_affine_at(input, key, t, list(noise_shape), list(offset), scale,
+                                     shift, fill)
     args = (key, t, list(noise_shape), scale, shift, fill)
     if not inplace:
         return _ops.masked_affine(input, *args)
@@ -152,8 +157,10 @@ def _eval_scale(input: Tensor, p: Tensor, inplace: bool) -> Tensor:
 
 
 def _dropout_impl(
-    input, p, training, inplace, mode, noise_shape, seed, generator, per_rank=True
+    input, p, training, inplace, mode, noise_shape, seed, generator, per_rank=True, offset=None
 ) -> Tensor:
+    """The shared path of the Bernoulli variants; ``offset`` (a float ``p`` only) makes
+    ``input`` a shard of a global input whose field is ``noise_shape`` (see :func:`_run`)."""
     if input.numel() == 0 or (not training and mode == "inverted"):
         return input
     kind = ("inverted" if mode == "inverted" else "unscaled") if training else "eval"
@@ -164,13 +171,13 @@ def _dropout_impl(
                          per_rank=per_rank)
     t, scale, _, _ = rng.affine_params(kind, p)
     if t == rng.LANE_RANGE:  # p_eff == 1: exact zeros, zero gradient, no RNG drawn
-        return _run(input, _NO_KEY, t, noise_shape, 0.0, 0.0, 0.0, inplace)
+        return _run(input, _NO_KEY, t, noise_shape, 0.0, 0.0, 0.0, inplace, offset)
     if t == 0 and scale == 1.0:  # p_eff == 0
         return input
     if not training:  # vanilla mode at eval time
         return input.mul_(scale) if inplace else input * scale
     key = draw_key(seed, generator, per_rank=per_rank)
-    return _run(input, key, t, noise_shape, scale, 0.0, 0.0, inplace)
+    return _run(input, key, t, noise_shape, scale, 0.0, 0.0, inplace, offset)
 
 
 def dropout(
