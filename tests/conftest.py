@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
 import dropkit
+
+if not torch.cuda.is_available():
+    # Triton kernels run in Triton's CPU interpreter, which triton reads at import time.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # numba compiles a kernel on its first call; no per-example deadline.
 settings.register_profile(

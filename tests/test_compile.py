@@ -216,3 +216,15 @@ def test_weight_drop_lstm_needs_allow_rnn_and_then_matches_eager():
             _train_matches_eager(module, compiled, x, seed=4)
             module.eval()
             assert _same(compiled(x), module(x))
+
+
+def test_bitmask_mode_compiles_fullgraph_and_matches_eager():
+    import dropkit.functional as DF
+
+    x = torch.randn(64, 8, requires_grad=True)
+    compiled = torch.compile(lambda t: DF.dropout(t, 0.3, seed=2, save="bitmask"), fullgraph=True)
+    y = compiled(x)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    want = DF.dropout(x, 0.3, seed=2)
+    assert torch.equal(y, want)
+    assert torch.equal(grad, torch.autograd.grad(want.sum(), x)[0])

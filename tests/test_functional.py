@@ -874,3 +874,60 @@ def test_torch_compile_each_spatial_function_directly():
         f = SPATIAL[k]
         y = torch.compile(f, fullgraph=True)(torch.ones(shape), 0.5, seed=7)
         assert torch.equal(y, f(torch.ones(shape), 0.5, seed=7))
+
+
+# --- save="bitmask": 1 bit per field element kept for backward instead of the key ---
+
+
+def _saved_bytes(fn) -> tuple[object, list[int]]:
+    sizes: list[int] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (sizes.append(t.nbytes), t)[1],
+                                                  lambda t: t):
+        result = fn()
+    return result, sizes
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "noise_shape"), [((50, 37), None), ((6, 5, 7), (6, 1, 7)),
+                                                    ((3, 4, 1, 9), (3, 4, 1, 1)), ((5,), None)])
+@pytest.mark.parametrize("mode", ["inverted", "vanilla"])
+def test_bitmask_mode_gives_the_seed_mode_output_and_gradient(dtype, shape, noise_shape, mode):
+    x = torch.randn(shape, dtype=torch.float64).to(dtype).requires_grad_()
+    grad = torch.randn(shape, dtype=torch.float64).to(dtype)
+    kwargs = dict(noise_shape=noise_shape, mode=mode, seed=77)
+    y_seed, seed_saved = _saved_bytes(lambda: DF.dropout(x, 0.3, **kwargs))
+    y_bits, bits_saved = _saved_bytes(lambda: DF.dropout(x, 0.3, save="bitmask", **kwargs))
+    assert torch.equal(y_seed, y_bits)
+    assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (y_seed, y_bits)))
+    field = math.prod(noise_shape or shape)
+    assert seed_saved == [16] and bits_saved == [-(-field // 8)]
+
+
+def test_bitmask_packing_order_and_generator_draws():
+    keep = torch.tensor([1, 0, 1, 1, 0, 0, 0, 0, 1], dtype=torch.bool)
+    assert DF._ops.pack_bits(keep).tolist() == [0b1101, 1]
+    assert torch.equal(DF._ops.unpack_bits(DF._ops.pack_bits(keep), [9]), keep)
+    x = torch.randn(300, requires_grad=True)
+    torch.manual_seed(3)
+    a = DF.dropout(x, 0.5)
+    torch.manual_seed(3)
+    assert torch.equal(a, DF.dropout(x, 0.5, save="bitmask"))  # draws the same key
+
+
+def test_bitmask_mode_without_grad_inplace_and_tensor_rate():
+    x = torch.randn(64, 8)
+    want = DF.dropout(x, 0.25, seed=1)
+    assert torch.equal(DF.dropout(x, 0.25, seed=1, save="bitmask"), want)  # no grad: seed path
+    leaf = x.clone().requires_grad_()
+    y = DF.dropout(leaf * 1.0, torch.tensor(0.25), True, True, seed=1, save="bitmask")
+    assert torch.equal(y, want)
+    y.sum().backward()
+    assert torch.equal(leaf.grad, DF.dropout(torch.ones(64, 8), 0.25, seed=1))
+    for p in (0.0, 1.0):
+        assert torch.equal(DF.dropout(leaf, p, seed=1, save="bitmask"), DF.dropout(leaf, p, seed=1))
+
+
+def test_bitmask_mode_unknown_value():
+    with pytest.raises(ValueError, match=re.escape(
+            "dropout: `save` must be 'seed' or 'bitmask', got 'mask'.")):
+        DF.dropout(torch.ones(3), 0.5, save="mask")

@@ -4,6 +4,7 @@ regenerates the mask and autograd keeps no input-sized tensor."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numba
@@ -641,3 +642,32 @@ def test_gaussian_dropout_gradient_backends_identical(dtype):
         (g1,) = run_on(backend, torch.autograd.grad, out, x, torch.ones_like(out))
         assert torch.equal(_bits(g1), _bits(ones))
     assert torch.equal(_bits(grads[0]), _bits(grads[1]))
+
+
+def test_triton_self_check_accepts_the_kernels_and_falls_back_when_they_disagree(monkeypatch):
+    pytest.importorskip("triton", reason="triton is not installed")
+    from dropkit import kernels
+
+    triton_cuda = importlib.import_module("dropkit.kernels.triton_cuda")
+    device = torch.device("cpu", 0)  # the check is device-generic; CUDA is where it runs
+    monkeypatch.setattr(kernels, "_triton_ok", {})
+    assert kernels._triton_checked(device)  # the real kernels (interpreter here) agree
+    monkeypatch.setattr(kernels, "_triton_ok", {})
+    monkeypatch.setattr(triton_cuda, "keep_field",
+                        lambda key, t, count, device=None: torch.zeros(count, dtype=torch.bool))
+    with pytest.warns(UserWarning, match="disagree with the mask spec on cpu:0"):
+        assert not kernels._triton_checked(device)
+    assert not kernels._triton_checked(device)  # decided once per device, no second warning
+    monkeypatch.setattr(kernels, "_triton_ok", {})
+    kernels.set_backend("triton")  # asked for explicitly: an error, not a silent fallback
+    with pytest.raises(RuntimeError, match="Triton keep field differs"):
+        kernels._triton_checked(device)
+
+
+def test_cpu_tensors_never_use_triton():
+    from dropkit import kernels
+
+    for name in ("auto", "triton", "numba"):
+        kernels.set_backend(name)
+        assert not kernels.uses_triton(torch.device("cpu"))
+        assert kernels.for_device(torch.device("cpu")).__name__.endswith("numba_cpu")

@@ -9,6 +9,9 @@ see one opaque, well-described operation per call instead of Python control flow
 * ``dropkit::masked_affine_at(x, key, threshold, field_shape, offset, ...)`` is the same op for
   one shard of a bigger tensor: ``x`` starts at ``offset`` of a global input whose noise field
   is ``field_shape``, and reads its slice of that field (:mod:`dropkit.distributed`).
+* ``dropkit::masked_affine_bits(...)`` is ``masked_affine`` that also returns the keep field
+  packed to 1 bit per field element (``pack_bits``) and saves that for backward instead of the
+  key: the optional "bitmask" mode of :func:`dropkit.functional.dropout`.
 * ``dropkit::gaussian_mul(x, key, std)`` computes ``x * (1 + std * z)``, z standard normal, in the
   compute dtype (float32, or float64 for float64 inputs); its backward is the same op on the
   gradient.
@@ -141,6 +144,61 @@ def _masked_affine_at_backward(ctx, grad):
 masked_affine_at.register_autograd(
     _masked_affine_at_backward, setup_context=_masked_affine_at_setup
 )
+
+
+def pack_bits(keep: Tensor) -> Tensor:
+    """A boolean tensor packed to ``ceil(numel / 8)`` uint8: bit ``j`` (least significant first)
+    of byte ``b`` is element ``8 b + j`` in row-major order."""
+    flat = keep.reshape(-1).to(torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8))
+    shifts = torch.arange(8, dtype=torch.uint8, device=keep.device)
+    return (flat.reshape(-1, 8) << shifts).sum(-1, dtype=torch.uint8)
+
+
+def unpack_bits(bits: Tensor, shape: list[int]) -> Tensor:
+    """Inverse of :func:`pack_bits`: the boolean tensor of ``shape``."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+    flat = ((bits.unsqueeze(-1) >> shifts) & 1).reshape(-1)
+    return flat[: math.prod(shape)].reshape(shape).bool()
+
+
+@torch.library.custom_op("dropkit::masked_affine_bits", mutates_args=())
+def masked_affine_bits(
+    x: Tensor,
+    key: Tensor,
+    threshold: int,
+    noise_shape: list[int],
+    scale: float,
+    shift: float,
+    fill: float,
+) -> tuple[Tensor, Tensor]:
+    backend = kernels.for_device(x.device)
+    keep = backend.keep_field(_key(key), threshold, math.prod(noise_shape), device=x.device)
+    keep = keep.reshape(noise_shape)
+    return torch_ref.apply_keep(x, keep, scale, shift, fill), pack_bits(keep)
+
+
+@masked_affine_bits.register_fake
+def _(x, key, threshold, noise_shape, scale, shift, fill):
+    bits = x.new_empty(-(-math.prod(noise_shape) // 8), dtype=torch.uint8)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), bits
+
+
+def _bits_setup(ctx, inputs, output):
+    _, _, _, noise_shape, scale, _, _ = inputs
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.params = (noise_shape, scale)
+
+
+def _bits_backward(ctx, grad, _):
+    (bits,) = ctx.saved_tensors
+    noise_shape, scale = ctx.params
+    keep = unpack_bits(bits, noise_shape)
+    return torch_ref.apply_keep(grad, keep, scale, 0.0, 0.0), None, None, None, None, None, None
+
+
+masked_affine_bits.register_autograd(_bits_backward, setup_context=_bits_setup)
 
 
 @torch.library.custom_op("dropkit::gaussian_mul", mutates_args=())

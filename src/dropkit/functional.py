@@ -190,6 +190,7 @@ def dropout(
     noise_shape: Sequence[int | None] | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    save: str = "seed",
 ) -> Tensor:
     """Zero each element (or each cell of ``noise_shape``) with probability ``p``.
 
@@ -205,6 +206,10 @@ def dropout(
             shares one decision), the axis' size, or ``None`` (= the axis' size).
         seed: Fixes the mask: an int in ``[0, 2**64)``.
         generator: Draws the seed when ``seed`` is not given.
+        save: What autograd keeps for backward. ``"seed"`` (default): the 16-byte key, and
+            backward regenerates the mask. ``"bitmask"``: the keep field packed to 1 bit per
+            element of the noise field (``ceil(numel / 8)`` bytes), read back by backward
+            instead of regenerating it. Same output and gradient either way.
 
     Shape:
         - Input: ``(*)``, any shape.
@@ -214,9 +219,9 @@ def dropout(
         TypeError: ``input`` is not a floating tensor, ``p`` is not a real number, ``training``
             or ``inplace`` is not a bool, ``noise_shape`` has non-int entries, or ``seed`` is
             not an int.
-        ValueError: ``p`` outside ``[0, 1]`` or NaN, an unknown ``mode``, a ``noise_shape`` of
-            the wrong length or with an entry that is neither 1 nor the axis' size, or a
-            ``seed`` outside ``[0, 2**64)``.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN, an unknown ``mode`` or ``save``, a
+            ``noise_shape`` of the wrong length or with an entry that is neither 1 nor the
+            axis' size, or a ``seed`` outside ``[0, 2**64)``.
 
     Example:
         The seeds' example: ``noise_shape=(1, 1, 5)`` drops whole columns of a 1x7x5 tensor.
@@ -238,7 +243,15 @@ def dropout(
     fn = "dropout"
     p = _check_common(fn, input, p, training, inplace, seed, generator)
     v.check_choice(fn, "mode", mode, v.MODES)
+    v.check_choice(fn, "save", save, ("seed", "bitmask"))
     shape = v.resolve_noise_shape(fn, tuple(input.shape), noise_shape)
+    if save == "bitmask" and training and input.requires_grad and torch.is_grad_enabled():
+        rate = _ops.read_rate(p) if isinstance(p, Tensor) else p
+        t, scale, _, _ = rng.affine_params("inverted" if mode == "inverted" else "unscaled", rate)
+        if 0 < t < rng.LANE_RANGE:  # p = 0 and p = 1 keep nothing for backward anyway
+            key = draw_key(seed, generator)
+            out, _ = _ops.masked_affine_bits(input, key, t, list(shape), scale, 0.0, 0.0)
+            return input.copy_(out) if inplace else out
     return _dropout_impl(input, p, training, inplace, mode, shape, seed, generator)
 
 
