@@ -39,11 +39,13 @@ from .kernels import torch_ref
 
 __all__ = [
     "alpha_dropout",
+    "bias_dropout_add",
     "drop_block1d",
     "drop_block2d",
     "drop_block3d",
     "drop_connect",
     "drop_path",
+    "drop_path_add",
     "dropout",
     "gaussian_dropout",
     "spatial_dropout1d",
@@ -55,12 +57,12 @@ __all__ = [
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_input(fn: str, input: object) -> Tensor:
+def _check_input(fn: str, input: object, name: str = "input") -> Tensor:
     if not isinstance(input, Tensor):
-        raise TypeError(f"{fn}: `input` must be a torch.Tensor, got {type(input).__name__}.")
+        raise TypeError(f"{fn}: `{name}` must be a torch.Tensor, got {type(input).__name__}.")
     if input.dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{fn}: `input` must have dtype torch.float16, torch.bfloat16, torch.float32 or "
+            f"{fn}: `{name}` must have dtype torch.float16, torch.bfloat16, torch.float32 or "
             f"torch.float64, got {input.dtype}."
         )
     return input
@@ -78,8 +80,10 @@ def _check_rate(fn: str, p: object) -> float | Tensor:
     return v.check_p(fn, p)
 
 
-def _check_common(fn, input, p, training, inplace, seed, generator) -> float | Tensor:
-    _check_input(fn, input)
+def _check_common(
+    fn, input, p, training, inplace, seed, generator, name: str = "input"
+) -> float | Tensor:
+    _check_input(fn, input, name)
     p = _check_rate(fn, p)
     v.check_bool(fn, "training", training)
     v.check_bool(fn, "inplace", inplace)
@@ -538,3 +542,4 @@ def drop_path(
 
 from ._drop_block import drop_block1d, drop_block2d, drop_block3d  # noqa: E402  (imports this module)
 from ._drop_connect import drop_connect  # noqa: E402
+from ._fused_add import bias_dropout_add, drop_path_add  # noqa: E402

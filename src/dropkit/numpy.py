@@ -31,12 +31,16 @@ import numpy as np
 from . import _validation as v
 from . import rng as _rng
 from ._drop_block_numpy import drop_block1d, drop_block2d, drop_block3d
+from ._fused_add import check_operand, drop_path_noise_shape
+from .functional import DROP_PATH_MODES
 
 __all__ = [
     "alpha_dropout",
+    "bias_dropout_add",
     "drop_block1d",
     "drop_block2d",
     "drop_block3d",
+    "drop_path_add",
     "dropout",
     "gaussian_dropout",
     "spatial_dropout1d",
@@ -324,3 +328,109 @@ def alpha_dropout(
     _, scale, shift, fill = _rng.affine_params("alpha", p)
     keep = _rng.keep_field(shape, p, _seed(seed, rng))
     return _masked_affine(x, keep, scale, shift, fill)
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a + b`` computed in the compute dtype and rounded to ``a``'s dtype once, as torch adds."""
+    ct = _compute_dtype(a)
+    with np.errstate(over="ignore"):
+        return np.asarray(a.astype(ct) + b.astype(ct)).astype(a.dtype)
+
+
+def bias_dropout_add(
+    x: np.ndarray,
+    bias: np.ndarray | None,
+    residual: np.ndarray,
+    p: float,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """NumPy twin of :func:`dropkit.functional.bias_dropout_add`: ``residual + dropout(x + bias)``
+    with the same mask and bits for the same ``seed``.
+
+    Args:
+        x: Array of a floating dtype (float16, float32 or float64).
+        bias: Array of ``x``'s dtype that broadcasts to ``x``'s shape, or ``None``.
+        residual: Array of ``x``'s shape and dtype.
+        p: Probability of dropping (not the keep probability), in ``[0, 1]``.
+        training: Apply dropout if ``True``; otherwise return ``residual + (x + bias)``.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        rng: A ``numpy.random.Generator`` that draws the seed when ``seed`` is not given
+            (default: a fresh ``numpy.random.default_rng()``).
+
+    Raises:
+        TypeError: ``x`` is not a float16/float32/float64 ``numpy.ndarray``, ``bias`` or
+            ``residual`` is not a ``numpy.ndarray`` of ``x``'s dtype, ``p`` is not a real number,
+            ``training`` is not a bool, ``rng`` is not a ``numpy.random.Generator``, or ``seed``
+            is not an int.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN, ``residual`` not of ``x``'s shape, ``bias``
+            not broadcastable to it, or a ``seed`` outside ``[0, 2**64)`` or given together with
+            ``rng``.
+
+    Example:
+        >>> import numpy as np, dropkit.numpy as dnp
+        >>> dnp.bias_dropout_add(np.ones((2, 4)), np.full(4, 0.5), np.full((2, 4), 10.0), 0.5,
+        ...                      seed=0)
+        array([[13., 10., 13., 13.],
+               [13., 13., 13., 13.]])
+    """
+    fn = "bias_dropout_add"
+    x, p = _check(fn, x, p, training, seed, rng)
+    check_operand(fn, "residual", residual, x, np.ndarray, broadcast=False)
+    if bias is not None:
+        check_operand(fn, "bias", bias, x, np.ndarray, broadcast=True)
+    h = x if bias is None else _add(x, bias)
+    return _add(residual, _dropout_impl(h, p, training, "inverted", h.shape, seed, rng))
+
+
+def drop_path_add(
+    x: np.ndarray,
+    residual: np.ndarray,
+    p: float,
+    training: bool = True,
+    *,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """NumPy twin of :func:`dropkit.functional.drop_path_add`: ``residual + drop_path(x)`` with
+    the same decisions and bits for the same ``seed``.
+
+    Args:
+        x: Batch ``(N, *)`` of a floating dtype (float16, float32 or float64).
+        residual: Array of ``x``'s shape and dtype.
+        p: Probability of dropping a sample (or the batch), in ``[0, 1]``.
+        training: Apply DropPath if ``True``; otherwise return ``residual + x``.
+        mode: ``"row"`` (one decision per sample) or ``"batch"`` (one for the batch).
+        scale_by_keep: Scale kept samples by ``1 / (1 - p)`` (the default).
+        seed: Fixes the decisions: an int in ``[0, 2**64)``.
+        rng: A ``numpy.random.Generator`` that draws the seed when ``seed`` is not given
+            (default: a fresh ``numpy.random.default_rng()``).
+
+    Raises:
+        TypeError: ``x`` is not a float16/float32/float64 ``numpy.ndarray``, ``residual`` is not
+            a ``numpy.ndarray`` of ``x``'s dtype, ``p`` is not a real number, ``training`` or
+            ``scale_by_keep`` is not a bool, ``rng`` is not a ``numpy.random.Generator``, or
+            ``seed`` is not an int.
+        ValueError: ``p`` outside ``[0, 1]`` or NaN, an unknown ``mode``, a 0-dimensional ``x``,
+            ``residual`` not of ``x``'s shape, or a ``seed`` outside ``[0, 2**64)`` or given
+            together with ``rng``.
+
+    Example:
+        >>> import numpy as np, dropkit.numpy as dnp
+        >>> dnp.drop_path_add(np.ones((6, 3)), np.full((6, 3), 10.0), 0.5, seed=0)[:, 0]
+        array([12., 10., 12., 12., 12., 12.])
+    """
+    fn = "drop_path_add"
+    x, p = _check(fn, x, p, training, seed, rng)
+    v.check_choice(fn, "mode", mode, DROP_PATH_MODES)
+    v.check_bool(fn, "scale_by_keep", scale_by_keep)
+    shape = drop_path_noise_shape(fn, x.shape, mode)
+    check_operand(fn, "residual", residual, x, np.ndarray, broadcast=False)
+    if not training:
+        return _add(residual, x)
+    mode = "inverted" if scale_by_keep else "vanilla"  # vanilla: unscaled in training
+    return _add(residual, _dropout_impl(x, p, True, mode, shape, seed, rng))
