@@ -185,6 +185,8 @@ def drop_block_op(
         return torch.zeros_like(x, memory_format=torch.contiguous_format)
     k0, k1 = (int(k) for k in key.tolist())
     backend = _numba() if x.device.type == "cpu" else None
+    if backend is None and kernels.uses_triton(x.device):  # CUDA tensors, triton importable
+        from .kernels import triton_drop_block as backend
     if backend is not None:
         return backend.apply(x, (k0, k1), cal, n, c, spatial, per_channel, scale, channels_last)
     return _torch_path(x, (k0, k1), cal, n, c, spatial, per_channel, scale, channels_last)
