@@ -40,3 +40,24 @@ def run_on(backend: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     finally:
         dropkit.set_backend(old)
+
+
+# --- Triton tests: compiled on a GPU; elsewhere Triton's CPU interpreter (set in conftest.py) ---
+ON_GPU = torch.cuda.is_available()
+TRITON_DEVICE = "cuda" if ON_GPU else "cpu"
+BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+        torch.float64: torch.int64}
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor, any_nan: bool = False) -> bool:
+    """Same dtype, shape and bits; with ``any_nan`` a NaN only has to meet a NaN (the spec leaves
+    the bits of a NaN made by arithmetic open: CPU, interpreter and GPU write other payloads)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a, b = a.cpu().contiguous(), b.cpu().contiguous()
+    if any_nan:
+        nan = torch.isnan(a)
+        if not torch.equal(nan, torch.isnan(b)):
+            return False
+        a, b = a.masked_fill(nan, 0), b.masked_fill(nan, 0)
+    return torch.equal(a.view(BITS[a.dtype]), b.view(BITS[b.dtype]))

@@ -9,7 +9,6 @@ the Triton kernels (compiled on a GPU, else in Triton's CPU interpreter on CPU t
 from __future__ import annotations
 
 import importlib
-import os
 
 import numpy as np
 import pytest
@@ -18,30 +17,12 @@ import torch
 import dropkit.functional as DF
 import dropkit.numpy as dnp
 from dropkit import _fused_add, _ops, rng
+from helpers import TRITON_DEVICE, same_bits
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read by triton at import
-DEVICE = "cuda" if ON_GPU else "cpu"
+DEVICE = TRITON_DEVICE
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
-        torch.float64: torch.int64}
 SHAPE = (3, 4, 16)
 BIAS_SHAPES = [None, (16,), (4, 16), (3, 1, 1), SHAPE]
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor, any_nan: bool = False) -> bool:
-    """Bit for bit; with ``any_nan``, a NaN matches any NaN (sign and payload of a NaN made by
-    arithmetic differ between torch's vectorized CPU code, the interpreter and a GPU)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    a, b = a.contiguous(), b.contiguous()
-    if any_nan:
-        nan = torch.isnan(a)
-        if not torch.equal(nan, torch.isnan(b)):
-            return False
-        a, b = a.masked_fill(nan, 0), b.masked_fill(nan, 0)
-    return torch.equal(a.view(BITS[a.dtype]), b.view(BITS[b.dtype]))
 
 
 def _data(shape, dtype, seed=0, device="cpu", special=True) -> torch.Tensor:
@@ -83,9 +64,9 @@ def test_bias_dropout_add_equals_unfused(dtype, bias_shape):
         for training in (True, False):
             got = DF.bias_dropout_add(x, b, r, p, training, seed=99)
             want = _unfused_bda(x, b, r, p, training, seed=99)
-            assert _same_bits(got, want), (p, training)
+            assert same_bits(got, want), (p, training)
     # p = 1: residual + 0, whatever x holds (x has inf and NaN)
-    assert _same_bits(DF.bias_dropout_add(x, b, r, 1.0), r + torch.zeros_like(r))
+    assert same_bits(DF.bias_dropout_add(x, b, r, 1.0), r + torch.zeros_like(r))
 
 
 def test_bias_dropout_add_draws_the_same_seed_as_dropout():
@@ -96,10 +77,10 @@ def test_bias_dropout_add_draws_the_same_seed_as_dropout():
         after = torch.get_rng_state()
         torch.manual_seed(5)
         want = _unfused_bda(x, b, r, p)
-        assert _same_bits(got, want)
+        assert same_bits(got, want)
         assert torch.equal(after, torch.get_rng_state())  # the same draws
         gen_a, gen_b = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
-        assert _same_bits(DF.bias_dropout_add(x, b, r, p, generator=gen_a),
+        assert same_bits(DF.bias_dropout_add(x, b, r, p, generator=gen_a),
                           _unfused_bda(x, b, r, p, generator=gen_b))
     for p in (0.0, 1.0):  # a float p_eff of 0 or 1 draws nothing, as dropout
         state = torch.get_rng_state()
@@ -118,11 +99,11 @@ def test_drop_path_add_equals_unfused(dtype, mode, scale_by_keep):
             for seed in range(3):  # "batch" mode: kept and dropped batches
                 got = DF.drop_path_add(x, r, p, training, seed=seed, **kw)
                 want = _unfused_dpa(x, r, p, training, seed=seed, **kw)
-                assert _same_bits(got, want), (p, training, seed)
+                assert same_bits(got, want), (p, training, seed)
     torch.manual_seed(3)
     got = DF.drop_path_add(x, r, 0.5, **kw)
     torch.manual_seed(3)
-    assert _same_bits(got, _unfused_dpa(x, r, 0.5, **kw))
+    assert same_bits(got, _unfused_dpa(x, r, 0.5, **kw))
 
 
 def test_empty_and_non_contiguous_inputs():
@@ -132,8 +113,8 @@ def test_empty_and_non_contiguous_inputs():
     x = _data((16, 6), torch.float32, 1).t()
     r = _data((16, 6), torch.float32, 2).t()
     b = _data((16,), torch.float32, 3)
-    assert _same_bits(DF.bias_dropout_add(x, b, r, 0.3, seed=4), _unfused_bda(x, b, r, 0.3, seed=4))
-    assert _same_bits(DF.drop_path_add(x, r, 0.3, seed=4), _unfused_dpa(x, r, 0.3, seed=4))
+    assert same_bits(DF.bias_dropout_add(x, b, r, 0.3, seed=4), _unfused_bda(x, b, r, 0.3, seed=4))
+    assert same_bits(DF.drop_path_add(x, r, 0.3, seed=4), _unfused_dpa(x, r, 0.3, seed=4))
 
 
 # --- gradients ----------------------------------------------------------------------------------
@@ -157,10 +138,10 @@ def test_bias_dropout_add_gradients_equal_unfused(dtype, bias_shape):
                           grad_out)
         ref, want = _grads(lambda x, b, r, p=p: _unfused_bda(x, b, r, p, seed=7), operands,
                            grad_out)
-        assert _same_bits(out, ref)
+        assert same_bits(out, ref)
         assert len(got) == len(want)
         for g, w in zip(got, want, strict=True):
-            assert _same_bits(g, w), p
+            assert same_bits(g, w), p
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -174,9 +155,9 @@ def test_drop_path_add_gradients_equal_unfused(dtype, mode):
                           grad_out)
         ref, want = _grads(lambda x, r, p=p, kw=kw: _unfused_dpa(x, r, p, **kw), (x, r),
                            grad_out)
-        assert _same_bits(out, ref)
+        assert same_bits(out, ref)
         for g, w in zip(got, want, strict=True):
-            assert _same_bits(g, w)
+            assert same_bits(g, w)
 
 
 def test_gradcheck_float64():
@@ -316,7 +297,7 @@ def test_numpy_mirror_equals_torch(dtype):
         for p, training in [(0.3, True), (0.0, True), (1.0, True), (0.3, False)]:
             got = dnp.bias_dropout_add(x.numpy(), nb, r.numpy(), p, training, seed=21)
             want = DF.bias_dropout_add(x, b, r, p, training, seed=21)
-            assert _same_bits(torch.from_numpy(got), want), (bias_shape, p, training)
+            assert same_bits(torch.from_numpy(got), want), (bias_shape, p, training)
     x, _, r = _operands(dtype, None)
     for mode in ("row", "batch"):
         for scale_by_keep in (True, False):
@@ -324,7 +305,7 @@ def test_numpy_mirror_equals_torch(dtype):
                 kw = dict(mode=mode, scale_by_keep=scale_by_keep, seed=2)
                 got = dnp.drop_path_add(x.numpy(), r.numpy(), p, training, **kw)
                 want = DF.drop_path_add(x, r, p, training, **kw)
-                assert _same_bits(torch.from_numpy(got), want)
+                assert same_bits(torch.from_numpy(got), want)
 
 
 # --- Triton kernels (GPU, or the interpreter on CPU tensors) ------------------------------------
@@ -354,7 +335,7 @@ def test_triton_bias_dropout_add_matches_composition(triton_add, dtype, wide):
             t, scale, _, _ = rng.affine_params("inverted", p)
             got = triton_add.bias_dropout_add(x, b, r, rng.seed_to_key(99), t, scale)
             want = _unfused_bda(x.cpu(), None if b is None else b.cpu(), r.cpu(), p, seed=99)
-            assert _same_bits(got.cpu(), want, any_nan=True), (bias_shape, p)
+            assert same_bits(got.cpu(), want, any_nan=True), (bias_shape, p)
     assert triton_add.bias_dropout_add(x.double(), None, r.double(), (1, 2), 0, 1.0) is None
 
 
@@ -369,7 +350,7 @@ def test_triton_bias_gradient_matches_composition(triton_add, dtype, programs, m
     for bias_shape in [(24,), (3, 24), (1, 3, 24)]:
         got_x, got_b = triton_add.bias_dropout_add_backward(grad, key, t, scale, bias_shape)
         want_x = _ops.masked_affine(grad.cpu(), torch.tensor(key), t, list(shape), scale, 0, 0)
-        assert _same_bits(got_x.cpu(), want_x)
+        assert same_bits(got_x.cpu(), want_x)
         assert got_b.shape == bias_shape and got_b.dtype == dtype
         # d bias: float32 partial sums in another order than torch's sum; compare to float64
         exact = want_x.double().sum_to_size(bias_shape)
@@ -390,7 +371,7 @@ def test_triton_drop_path_add_matches_composition(triton_add, dtype, wide):
             t, scale, _, _ = rng.affine_params("inverted", p)
             got = triton_add.drop_path_add(x, r, rng.seed_to_key(seed), t, scale, noise_shape)
             want = _unfused_dpa(x.cpu(), r.cpu(), p, mode=mode, seed=seed)
-            assert _same_bits(got.cpu(), want, any_nan=True), (mode, p, seed)
+            assert same_bits(got.cpu(), want, any_nan=True), (mode, p, seed)
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
@@ -403,10 +384,10 @@ def test_ops_through_triton_match_unfused_with_gradients(triton_add, dtype, monk
                                (x, b, r), grad_out)
     ref, (wx, wb, wr) = _grads(lambda x, b, r: _unfused_bda(x, b, r, 0.3, seed=8), (x, b, r),
                                grad_out)
-    assert _same_bits(out, ref) and _same_bits(gx, wx) and _same_bits(gr, wr)
+    assert same_bits(out, ref) and same_bits(gx, wx) and same_bits(gr, wr)
     torch.testing.assert_close(gb.double(), wb.double(), rtol=1e-2, atol=1e-2)
     out, (gx, gr) = _grads(lambda x, r: DF.drop_path_add(x, r, torch.tensor(0.5), seed=8),
                            (x, r), grad_out)
     ref, (wx, wr) = _grads(lambda x, r: _unfused_dpa(x, r, torch.tensor(0.5), seed=8), (x, r),
                            grad_out)
-    assert _same_bits(out, ref) and _same_bits(gx, wx) and _same_bits(gr, wr)
+    assert same_bits(out, ref) and same_bits(gx, wx) and same_bits(gr, wr)

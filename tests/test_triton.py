@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 
 import numpy as np
 import pytest
@@ -21,16 +20,12 @@ from hypothesis import strategies as st
 import dropkit.numpy as dnp
 from dropkit import rng
 from dropkit.kernels import torch_ref
+from helpers import BITS, ON_GPU, TRITON_DEVICE, same_bits
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"  # read by triton at import: before the import below
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 tl = importlib.import_module("triton.language")
 triton_cuda = importlib.import_module("dropkit.kernels.triton_cuda")
-DEVICE = "cuda" if ON_GPU else "cpu"
-BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
-        torch.float64: torch.int64}
+DEVICE = TRITON_DEVICE
 DTYPES = tuple(BITS)  # float64: the torch_ref fallback
 KINDS = [("inverted", 0.1), ("inverted", 0.77), ("unscaled", 0.5), ("alpha", 0.3),
          ("eval", 0.2), ("inverted", 1.0)]
@@ -75,11 +70,7 @@ def _input(shape, dtype, seed=0) -> torch.Tensor:
 
 def _assert_same(got: torch.Tensor, want: torch.Tensor) -> None:
     """Same dtype, shape and bits; a kept NaN only has to be a NaN (``docs/rng.md`` section 4)."""
-    assert got.dtype == want.dtype and got.shape == want.shape
-    got, want = got.cpu(), want.cpu()
-    nan = torch.isnan(want)
-    assert torch.equal(torch.isnan(got), nan)
-    assert torch.equal(got[~nan].view(BITS[got.dtype]), want[~nan].view(BITS[want.dtype]))
+    assert same_bits(got, want, any_nan=True)
 
 
 def _check_apply(x, key, kind, p, noise_shape) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 
 import numpy as np
 import pytest
@@ -22,22 +21,13 @@ from hypothesis import strategies as st
 from dropkit import _drop_block as DB
 from dropkit import _drop_block_numpy as R
 from dropkit import rng
+from helpers import ON_GPU, TRITON_DEVICE, same_bits
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"  # read by triton at import: before the import below
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 TDB = importlib.import_module("dropkit.kernels.triton_drop_block")
-DEVICE = "cuda" if ON_GPU else "cpu"
-BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
-        torch.float64: torch.int64}
+DEVICE = TRITON_DEVICE
 SCALES = ("batch", "expected", "none")
 NP_FUNCS = {1: R.drop_block1d, 2: R.drop_block2d, 3: R.drop_block3d}
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.view(BITS[a.dtype]), b.view(BITS[b.dtype]))
 
 
 def _input(shape, dtype, seed=0) -> torch.Tensor:
@@ -116,7 +106,7 @@ def test_apply_matches_torch_path(dtype, scale, per_channel, channels_last, tile
             x = _input(shape, dtype, seed=len(spatial))
             got, want = _both(x, len(spatial), block, 0.35, per_channel, scale, channels_last,
                               seed=2**63 + 2**33 + 9)
-            assert _same_bits(got, want), (spatial, block, batched)
+            assert same_bits(got, want), (spatial, block, batched)
 
 
 @pytest.mark.parametrize(("spatial", "block"), [((700,), (5,)), ((600,), (200,)),
@@ -125,14 +115,14 @@ def test_split_axes_with_default_tiles(spatial, block):
     """Axes longer than ``_SPLIT`` are tiled with a halo of ``b - 1`` (also huge blocks)."""
     x = _input((2, 2, *spatial), torch.float32)
     got, want = _both(x, len(spatial), block, 0.5, True, "batch", False, seed=5)
-    assert _same_bits(got, want)
+    assert same_bits(got, want)
 
 
 @pytest.mark.parametrize("p", [0.9, 0.99])
 def test_many_blocks_dropped(p, tiles):
     x = _input((2, 4, 12, 10), torch.bfloat16)
     got, want = _both(x, 2, (3, 4), p, True, "batch", False, seed=11)
-    assert _same_bits(got, want)
+    assert same_bits(got, want)
     assert (want == 0).float().mean() > 0.8
 
 
@@ -142,8 +132,8 @@ def test_everything_dropped_gives_zeros_not_nan():
     seed = next(s for s in range(100) if not R.keep_mask(1, 2, (5, 5), cal, False, s).any())
     x = _input((1, 2, 5, 5), torch.float16)
     got, want = _both(x, 2, (5, 5), 0.9, False, "batch", False, seed=seed)
-    assert _same_bits(got, want)
-    assert _same_bits(got, torch.zeros_like(x))
+    assert same_bits(got, want)
+    assert same_bits(got, torch.zeros_like(x))
 
 
 def test_batch_scale_with_a_single_kept_unit():
@@ -152,7 +142,7 @@ def test_batch_scale_with_a_single_kept_unit():
     seed = next(s for s in range(1000) if R.keep_mask(1, 8, (1,), cal, True, s).sum() == 1)
     x = torch.arange(1.0, 9.0).reshape(8, 1)  # unbatched (C, L)
     got, want = _both(x, 1, (1,), 0.9, True, "batch", False, seed=seed)
-    assert _same_bits(got, want)
+    assert same_bits(got, want)
     kept = want != 0
     assert int(kept.sum()) == 1 and torch.equal(want[kept], 8 * x[kept])  # count(M) / 1 = 8
 
@@ -174,7 +164,7 @@ def test_matches_numpy_reference(scale, dtype):
         cal = R.calibrate(spatial, block, 0.3)
         got = TDB.apply(x.to(DEVICE), rng.seed_to_key(seed), cal, n, c, spatial, True, scale,
                         channels_last).cpu()
-        assert _same_bits(got, torch.from_numpy(want)), shape
+        assert same_bits(got, torch.from_numpy(want)), shape
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -183,14 +173,14 @@ def test_nan_is_kept_as_nan_and_dropped_as_zero(dtype):
     got, want = _both(x, 2, (3, 3), 0.4, True, "batch", False, seed=6)
     assert torch.equal(torch.isnan(got), torch.isnan(want))
     assert torch.isnan(want).any() and (want == 0).any()
-    assert _same_bits(got[~torch.isnan(got)], want[~torch.isnan(want)])
+    assert same_bits(got[~torch.isnan(got)], want[~torch.isnan(want)])
 
 
 @pytest.mark.parametrize("scale", SCALES)
 def test_float64_uses_the_triton_mask_and_the_torch_expression(scale):
     x = _input((2, 3, 9, 7), torch.float64)
     got, want = _both(x, 2, (3, 3), 0.3, True, scale, False, seed=3)
-    assert _same_bits(got, want)
+    assert same_bits(got, want)
 
 
 def test_blocks_beyond_the_tile_limit_fall_back_to_the_torch_path(monkeypatch):
@@ -198,13 +188,13 @@ def test_blocks_beyond_the_tile_limit_fall_back_to_the_torch_path(monkeypatch):
     monkeypatch.setattr(TDB, "_MAX_AXIS_TILE", 8)
     x = _input((2, 2, 30), torch.float32)
     got, want = _both(x, 1, (10,), 0.3, True, "batch", False, seed=4)
-    assert _same_bits(got, want)
+    assert same_bits(got, want)
 
 
 def test_non_contiguous_input():
     x = _input((2, 9, 3, 8), torch.float32).transpose(1, 3)  # logical (2, 8, 3, 9)
     got, want = _both(x, 2, (2, 4), 0.3, True, "expected", False, seed=8)
-    assert _same_bits(got, want)
+    assert same_bits(got, want)
 
 
 @st.composite
@@ -236,7 +226,7 @@ def test_random_small_problems_match_torch_path(problem):
     x = _input(problem["shape"], problem["dtype"], seed=math.prod(problem["shape"]))
     got, want = _both(x, spatial_dims, problem["block"], problem["p"], problem["per_channel"],
                       problem["scale"], channels_last, problem["seed"])
-    assert _same_bits(got, want)
+    assert same_bits(got, want)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the op sends only CUDA tensors to Triton")
@@ -246,8 +236,8 @@ def test_op_on_cuda_matches_cpu_and_gradients(dtype):
     xc = x.detach().to("cuda").requires_grad_()
     y = DB.drop_block2d(x, 0.2, 5, seed=17)
     yc = DB.drop_block2d(xc, 0.2, 5, seed=17)
-    assert _same_bits(yc.detach().cpu(), y.detach())
+    assert same_bits(yc.detach().cpu(), y.detach())
     g = _input(x.shape, dtype, seed=1)
     y.backward(g)
     yc.backward(g.to("cuda"))
-    assert _same_bits(xc.grad.cpu(), x.grad)
+    assert same_bits(xc.grad.cpu(), x.grad)

@@ -10,7 +10,6 @@ shows that the compiled kernels fuse no multiply-add (they are launched with
 from __future__ import annotations
 
 import importlib
-import os
 
 import numpy as np
 import pytest
@@ -18,15 +17,11 @@ import torch
 
 from dropkit import rng
 from dropkit.kernels import torch_ref
+from helpers import BITS, ON_GPU, TRITON_DEVICE, same_bits
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"  # read by triton at import: before the import below
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 triton_cuda = importlib.import_module("dropkit.kernels.triton_cuda")
-DEVICE = "cuda" if ON_GPU else "cpu"
-BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
-        torch.float64: torch.int64}
+DEVICE = TRITON_DEVICE
 SEEDS = [0, 1, 2**32 - 1, 2**40 + 12345, 2**64 - 1]
 # Words at the edges of Box-Muller: 0 and 0xFFFFFFFF (u1 = 1, so ln u1 = 0 and radius 0), the
 # quadrant boundaries of u2 (multiples of 2**30) and their neighbours.
@@ -37,17 +32,6 @@ EDGE_WORDS = [0, 1, 2, 0x1FFFFFFF, 0x20000000, 0x3FFFFFFF, 0x40000000, 0x7FFFFFF
 def _u64(a) -> np.ndarray:
     """The raw bits of float64 values (so -0.0 != 0.0)."""
     return np.asarray(a, dtype=np.float64).view(np.uint64)
-
-
-def _same_bits_or_both_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality, except that a NaN only has to meet a NaN (the spec leaves the bits of a
-    NaN that went through the product unspecified)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    a, b = a.cpu(), b.cpu()
-    nan = torch.isnan(b)
-    return torch.equal(torch.isnan(a), nan) and torch.equal(
-        a.contiguous().view(BITS[a.dtype])[~nan], b.contiguous().view(BITS[b.dtype])[~nan])
 
 
 def _reference(x: torch.Tensor, key: tuple[int, int], std: float) -> torch.Tensor:
@@ -101,7 +85,7 @@ def test_gaussian_equals_the_fallback_expression(dtype, std):
         key = rng.seed_to_key(seed)
         got = triton_cuda.gaussian(x, key, std)
         assert got.is_contiguous() and got.device == x.device
-        assert _same_bits_or_both_nan(got, _reference(x, key, std)), (dtype, std, seed)
+        assert same_bits(got, _reference(x, key, std), any_nan=True), (dtype, std, seed)
 
 
 def test_gaussian_std_is_used_in_float64():
@@ -110,7 +94,7 @@ def test_gaussian_std_is_used_in_float64():
     x = torch.randn(4099, dtype=torch.float64).to(DEVICE)
     std = 0.1234567890123456
     got = triton_cuda.gaussian(x, (7, 9), std)
-    assert _same_bits_or_both_nan(got, _reference(x, (7, 9), std))
+    assert same_bits(got, _reference(x, (7, 9), std), any_nan=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -119,7 +103,7 @@ def test_gaussian_reads_a_non_contiguous_input_in_logical_order(dtype):
     assert not x.is_contiguous()
     got = triton_cuda.gaussian(x, (3, 4), 0.5)
     assert got.shape == (30, 40)
-    assert _same_bits_or_both_nan(got, _reference(x.contiguous(), (3, 4), 0.5))
+    assert same_bits(got, _reference(x.contiguous(), (3, 4), 0.5), any_nan=True)
 
 
 def test_gaussian_declines_other_dtypes_and_handles_empty_and_0d_input():
@@ -128,8 +112,8 @@ def test_gaussian_declines_other_dtypes_and_handles_empty_and_0d_input():
     empty = torch.empty(0, 3, device=DEVICE)
     assert triton_cuda.gaussian(empty, (0, 0), 1.0).shape == (0, 3)
     scalar = torch.tensor(2.5, device=DEVICE)
-    assert _same_bits_or_both_nan(triton_cuda.gaussian(scalar, (1, 2), 0.3),
-                                  _reference(scalar, (1, 2), 0.3))
+    assert same_bits(triton_cuda.gaussian(scalar, (1, 2), 0.3),
+                     _reference(scalar, (1, 2), 0.3), any_nan=True)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the dispatcher sends only CUDA tensors to Triton")
@@ -142,7 +126,7 @@ def test_gaussian_mul_op_on_the_triton_backend():
     dropkit.set_backend("triton")
     x = torch.randn(5, 9, device=DEVICE, requires_grad=True)
     out = _ops.gaussian_mul(x, torch.tensor([11, 12]), 0.7)
-    assert _same_bits_or_both_nan(out.detach(), _reference(x.detach(), (11, 12), 0.7))
+    assert same_bits(out.detach(), _reference(x.detach(), (11, 12), 0.7), any_nan=True)
     grad = torch.randn_like(x)
     out.backward(grad)
-    assert _same_bits_or_both_nan(x.grad, _reference(grad, (11, 12), 0.7))
+    assert same_bits(x.grad, _reference(grad, (11, 12), 0.7), any_nan=True)
