@@ -2,8 +2,9 @@
 
 The specification (calibration, seed field, block mask, scaling) is ``docs/dropblock.md`` and
 its executable reference :mod:`dropkit._drop_block_numpy`; this module computes the same bits
-with torch operations (any device) or, for CPU tensors, with the numba kernel of
-:mod:`dropkit.kernels.drop_block_numba`.
+with torch operations (any device), for CPU tensors with the numba kernel of
+:mod:`dropkit.kernels.drop_block_numba`, and for CUDA tensors with the Triton kernels of
+:mod:`dropkit.kernels.triton_drop_block` (when ``kernels.uses_triton`` says so).
 
 ``dropkit::drop_block(x, key, p, block_size, per_channel, scale, channels_last)`` is one opaque
 custom op: the calibration solver (cached NumPy code) runs *inside* it, so ``torch.compile``
