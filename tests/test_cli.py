@@ -252,8 +252,8 @@ COMMANDS = ("gallery", "audit", "bench", "info")  # experiment is checked once r
 INFO_LABELS = (
     "dropkit", "python", "platform", "torch", "numpy", "numba", "backend setting",
     "numba CPU kernels", "torch reference", "CPU tensors use", "triton", "torch threads",
-    "numba threads", "numba threading layer", "CUDA", "extra: matplotlib", "extra: mnist1d",
-    "extra: sklearn", "extra: tqdm", "extra: mkdocs",
+    "numba threads", "numba threading layer", "CUDA", "CUDA tensors use", "extra: matplotlib",
+    "extra: mnist1d", "extra: sklearn", "extra: tqdm", "extra: mkdocs",
 )
 
 
@@ -492,8 +492,11 @@ def test_info_table(capsys):
     assert rows["numba threading layer"] in {"tbb", "omp", "workqueue"}
     if torch.cuda.is_available():
         assert torch.cuda.get_device_name(0) in rows["CUDA"]
+        want = "triton_cuda" if importlib.util.find_spec("triton") else "torch_ref"
+        assert rows["CUDA tensors use"] == want
     else:
         assert rows["CUDA"] == "not available"
+        assert rows["CUDA tensors use"] == "no CUDA device"
     assert rows["extra: matplotlib"] == importlib.metadata.version("matplotlib")
     assert rows["extra: sklearn"] == importlib.metadata.version("scikit-learn")
     if importlib.util.find_spec("triton") is None:
@@ -513,7 +516,7 @@ def test_info_json_matches_the_table(capsys):
     assert report["numba_cpu_kernels"] == "available"
     for (key, value), label in zip(report.items(), rows, strict=True):
         assert (value is None) == (rows[label] in {"not installed", "not available",
-                                                   "not started"}), (key, label)
+                                                   "not started", "no CUDA device"}), (key, label)
         if value is not None:
             assert rows[label] == str(value)
 

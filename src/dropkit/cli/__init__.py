@@ -149,8 +149,10 @@ def info_report() -> dict[str, Any]:
         count = torch.cuda.device_count()
         names = [torch.cuda.get_device_name(i) for i in range(count)]
         report["cuda"] = f"{count} device(s): {', '.join(names)} (CUDA {torch.version.cuda})"
+        # Runs the Triton self-check once: shows "torch_ref" if the kernels failed it.
+        report["cuda_backend"] = kernels.for_device(torch.device("cuda")).__name__.rsplit(".")[-1]
     else:
-        report["cuda"] = None
+        report["cuda"] = report["cuda_backend"] = None
     for name, dist, module in EXTRAS:
         report[name] = _dist_version(dist, module)
     return report
@@ -165,8 +167,10 @@ _LABELS = {
     "numba_threads": "numba threads",
     "numba_threading_layer": "numba threading layer",
     "cuda": "CUDA",
+    "cuda_backend": "CUDA tensors use",
 }
-_MISSING = {"cuda": "not available", "numba_threading_layer": "not started"}
+_MISSING = {"cuda": "not available", "cuda_backend": "no CUDA device",
+            "numba_threading_layer": "not started"}
 
 
 def format_info(report: dict[str, Any]) -> str:

@@ -6,8 +6,8 @@ logic and bits, not GPU code generation or speed; **not yet timed on a GPU**. Th
 uses it by default for CUDA tensors when triton imports, after a once-per-device self-check
 (``dropkit.kernels.uses_triton``); ``set_backend("torch")`` keeps the pure-PyTorch path.
 
-What is fused (float32, float16, bfloat16; float64 and Gaussian noise use ``torch_ref``'s code,
-same bits):
+What is fused (float32, float16, bfloat16; float64 applies a Triton keep field with
+``torch_ref``'s expression, same bits):
 
 * full-shape noise field (plain dropout, alpha dropout, every backward): ``_fused_kernel``,
   Philox and the affine map in one pass: each program generates ``BLOCK_N`` Philox blocks
@@ -17,7 +17,9 @@ same bits):
   Keras ``noise_shape``): ``_keep_kernel`` draws the small keep field, then ``_broadcast_kernel``
   applies it in one pass over x, for up to ``_MAX_DIMS`` (4) alternating full/broadcast axes
   after merging neighbours (``_collapse``); more alternations fall back to ``torch_ref``'s
-  expression on the Triton keep field.
+  expression on the Triton keep field;
+* Gaussian dropout (every dtype, float64 included): ``gaussian``, the spec's float64 Box-Muller
+  (stream 1) and the multiplication in one pass; ``normal_field`` draws the noise alone.
 
 Philox is Triton's own (``tl.randint4x`` for stream 0; :func:`philox_block` for any stream),
 which computes the spec's Philox4x32-10 with key ``(seed & 0xFFFFFFFF, seed >> 32)``.
