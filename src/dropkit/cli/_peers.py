@@ -16,9 +16,9 @@ Sources and licenses:
   ``couple_channels``), pytorch-image-models (https://github.com/huggingface/pytorch-image-models),
   Apache License 2.0, Copyright 2020 Ross Wightman.
 
-``tests/test_convert.py`` holds look-alikes copied from the same sources; ``tests/test_bench.py``
-checks that these copies and those look-alikes (and the packages, where installed) give the same
-outputs from the same draws.
+``tests/test_convert.py`` holds look-alikes copied from the same sources;
+``tests/test_bench_gpu.py`` checks that these copies and those look-alikes (and the packages, where
+installed) give the same outputs from the same draws.
 """
 
 from __future__ import annotations
