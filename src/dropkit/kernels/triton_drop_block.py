@@ -184,7 +184,8 @@ def keep_mask(
     n_seeds = n_planes * math.prod(starts)
     cur = torch.empty(n_seeds, dtype=torch.uint8, device=device)
     grid = (triton.cdiv(triton.cdiv(n_seeds, 4), _BLOCK_N),)
-    _seed_kernel[grid](cur, n_seeds, _seed(key), cal.threshold, BLOCK_N=_BLOCK_N)
+    _seed_kernel[grid](cur, n_seeds, _seed(key), cal.threshold, BLOCK_N=_BLOCK_N,
+                       enable_fp_fusion=False)  # as every launch: no FMA, no triton warning
     ones = torch.zeros(1, dtype=torch.int64, device=device)
     dims = [n_planes, *starts]
     axes = [d for d in range(len(spatial)) if cal.block[d] > 1] or [len(spatial) - 1]
@@ -202,7 +203,7 @@ def keep_mask(
         grid = (triton.cdiv(outer, bo) * axis_tiles * inner_tiles,)
         _dilate_kernel[grid](cur, dst, ones, outer, n_in, dims[d + 1], inner, b, per_tile,
                              axis_tiles, inner_tiles, FINAL=d == axes[0], COUNT=count,
-                             BO=bo, T=t, BI=bi)
+                             BO=bo, T=t, BI=bi, enable_fp_fusion=False)
         cur = dst
     return cur, ones
 
@@ -259,6 +260,6 @@ def apply(x, key, cal, n, c, spatial, per_channel, scale, channels_last) -> torc
     _apply_kernel[(groups * row_tiles * col_tiles,)](
         src, keep, out, ones, rows, cols, size, c_mask * size, row_tiles, col_tiles,
         keep.numel(), factor, CHANNELS_LAST=channels_last, PER_CHANNEL=per_channel, MODE=mode,
-        IS_BF16=x.dtype == torch.bfloat16, BR=br, BC=bc,
+        IS_BF16=x.dtype == torch.bfloat16, BR=br, BC=bc, enable_fp_fusion=False,
     )
     return out
