@@ -931,3 +931,36 @@ def test_bitmask_mode_unknown_value():
     with pytest.raises(ValueError, match=re.escape(
             "dropout: `save` must be 'seed' or 'bitmask', got 'mask'.")):
         DF.dropout(torch.ones(3), 0.5, save="mask")
+
+
+# --- the eager fast path: an autograd.Function instead of the custom-op dispatcher ---
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eager_path_equals_the_custom_op_forward_backward_and_double_backward(dtype):
+    x = torch.randn(37, 5, dtype=torch.float64).to(dtype).requires_grad_()
+    key = DF.draw_key(9)
+    args = (key, rng.threshold(0.3), [37, 5], 1 / 0.7, 0.0, 0.0)
+    fast, slow = DF._ops.masked_affine_eager(x, *args), DF._ops.masked_affine(x, *args)
+    assert type(fast.grad_fn).__name__ == "_MaskedAffineFnBackward"
+    assert torch.equal(fast, slow)
+    grad = torch.randn(37, 5, dtype=torch.float64).to(dtype).requires_grad_()
+    (g_fast,) = torch.autograd.grad(fast, x, grad, create_graph=True)
+    (g_slow,) = torch.autograd.grad(slow, x, grad, create_graph=True)
+    assert torch.equal(g_fast, g_slow)
+    # The gradient is itself differentiable (linear in `grad`): double backward agrees.
+    assert torch.equal(*(torch.autograd.grad(g.sum(), grad)[0] for g in (g_fast, g_slow)))
+
+
+def test_eager_path_hands_traced_and_fake_calls_to_the_custom_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    key, args = DF.draw_key(1), (rng.threshold(0.5), [8], 2.0, 0.0, 0.0)
+    assert DF._ops._plain_eager(torch.ones(8), key)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = mode.from_tensor(torch.ones(8))
+        assert not DF._ops._plain_eager(fake, key)
+        assert DF._ops.masked_affine_eager(fake, key, *args).shape == (8,)
+    graph = torch.fx.experimental.proxy_tensor.make_fx(
+        lambda t: DF._ops.masked_affine_eager(t, key, *args))(torch.ones(8))
+    assert "dropkit.masked_affine" in str(graph.code)

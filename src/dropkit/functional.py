@@ -133,10 +133,10 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace, offset=None) -
                                      shift, fill)
     args = (key, t, list(noise_shape), scale, shift, fill)
     if not inplace:
-        return _ops.masked_affine(input, *args)
+        return _ops.masked_affine_eager(input, *args)
     if torch.is_grad_enabled() and input.requires_grad:
         # Autograd needs the out-of-place op; copying back keeps `inplace` semantics.
-        return input.copy_(_ops.masked_affine(input, *args))
+        return input.copy_(_ops.masked_affine_eager(input, *args))
     _ops.masked_affine_(input, *args)
     return input
 

@@ -96,8 +96,20 @@ def uses_triton(device: torch.device) -> bool:
     return device.type == "cuda" and _backend in ("auto", "triton") and _triton_checked(device)
 
 
+_chosen: dict[tuple[str, int | None, str], ModuleType] = {}  # (type, index, setting) -> module
+
+
 def for_device(device: torch.device) -> ModuleType:
-    """The backend module that computes masks for tensors on ``device``."""
+    """The backend module that computes masks for tensors on ``device`` (decided once per
+    device and backend setting: it is asked on every call)."""
+    key = (device.type, device.index, _backend)
+    module = _chosen.get(key)
+    if module is None:
+        module = _chosen[key] = _choose(device)
+    return module
+
+
+def _choose(device: torch.device) -> ModuleType:
     if uses_triton(device):
         return importlib.import_module(f"{__name__}.triton_cuda")
     if device.type == "cpu" and _backend != "torch":

@@ -18,6 +18,7 @@ and float64 inputs in one pass.
 from __future__ import annotations
 
 import math
+import threading
 
 import llvmlite.binding as llvm_binding
 import numba as nb
@@ -352,13 +353,20 @@ def _broadcast_half(x, out, keep, sizes, field_strides, rows_per_item, scale, sh
                               fill, inplace, f16)
 
 
+_synced = threading.local()  # numba's thread count is per calling thread
+
+
 def _sync_threads() -> None:
     """Run numba with torch's thread count. Launching numba's OpenMP pool (the first call)
-    resets the process' OpenMP thread count, which torch reads, so torch's is restored."""
+    resets the process' OpenMP thread count, which torch reads, so torch's is restored. Done
+    again only when torch's count changed (a few microseconds a call otherwise)."""
     wanted = torch.get_num_threads()
+    if getattr(_synced, "threads", None) == wanted:
+        return
     nb.set_num_threads(max(1, min(wanted, nb.config.NUMBA_NUM_THREADS)))
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
+    _synced.threads = wanted
 
 
 def _key32(key: tuple[int, int]) -> tuple[np.uint32, np.uint32]:
