@@ -213,6 +213,22 @@ def test_no_fma_and_no_approximations(codegen, cid, i):
     assert launch["approx"] == 0, f"{launch['approx']} approximate instructions"
 
 
+@pytest.mark.parametrize(("cid", "i"), _launch_params(CASES))
+def test_bfloat16_results_use_the_hardware_round_to_nearest_even(codegen, cid, i):
+    """Compiled, bfloat16 results are rounded by ``cvt.rn.bf16.f32`` (the integer rounding of
+    ``triton_cuda._round`` is for the interpreter only, which truncates casts)."""
+    launch = _compiled(codegen, cid, i)
+    if launch["constexprs"].get("IS_BF16") is True:
+        assert launch["bf16_cvt"] > 0, f"{launch['kernel']}: no cvt.rn.bf16.f32"
+
+
+def test_bfloat16_launches_are_covered(codegen):
+    kernels = {launch["kernel"] for cid in CASES for launch in codegen[cid]["launches"]
+               if launch.get("constexprs", {}).get("IS_BF16") is True}
+    assert {"_fused_kernel", "_broadcast_kernel", "_gaussian_kernel", "_apply_kernel",
+            "_bias_dropout_add_kernel"} <= kernels, kernels
+
+
 @pytest.mark.parametrize("cid", list(CONTROLS))
 def test_fusion_control_has_fma(codegen, cid):
     """The same launches with enable_fp_fusion=True: the FMA check above can fail."""

@@ -21,6 +21,7 @@ from the values passed, constexprs, divisibility attributes, options such as
 "enable_fp_fusion", "fp_fusion_requested", "num_warps", "seconds", "error"}`` plus, once
 compiled, ``"params"`` (PTX type of each non-constexpr argument, by name), ``"fma"`` (count of
 PTX ``fma.`` instructions), ``"approx"`` (count of ``.approx`` and ``div.full`` instructions),
+``"bf16_cvt"`` (count of ``cvt.rn.bf16.f32`` round-to-nearest-even conversions),
 ``"sass_fma"`` (with ``--sass``, ~0.4 s a kernel: SASS ``FFMA``/``DFMA``/``HFMA2`` counts;
 ``HFMA2.MMA r, -RZ, RZ, 0, 0`` is ptxas's idiom for zeroing a register), ``"resources"``
 (``cuobjdump --dump-resource-usage``: ``REG``, ``STACK``, ``SHARED``, ``LOCAL``) and ``"shared"``
@@ -236,6 +237,7 @@ def compile_launch(fn: JITFunction, args: tuple, kwargs: dict, fusion: bool,
             params=_ptx_params(ptx, compiled.name, runtime_args),
             fma=len(re.findall(r"^\s*(?:@!?%p\d+\s+)?fma\.", ptx, re.M)),
             approx=len(re.findall(r"\.approx\b|\bdiv\.full\b", ptx)),
+            bf16_cvt=len(re.findall(r"\bcvt\.rn\.bf16(?:x2)?\.f32\b", ptx)),
             resources=_resources(compiled.asm["cubin"]),
             shared=compiled.metadata.shared,
         )
