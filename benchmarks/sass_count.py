@@ -31,6 +31,10 @@ CASES = {
                         "noise": (64, 256, 1)},
     "spatial bfloat16": {"kind": "apply", "shape": (64, 256, 3136), "dtype": "bfloat16",
                          "noise": (64, 256, 1)},
+    "bias_dropout_add bfloat16": {"kind": "bias_dropout_add", "shape": (16384, 8192),
+                                  "dtype": "bfloat16", "bias": (8192,)},
+    "drop_path_add bfloat16": {"kind": "drop_path_add", "shape": (64, 197, 768),
+                               "dtype": "bfloat16"},
 }
 _OP = re.compile(r"^\S+\t(?:@!?U?P\w+ )?(\S+)", re.M)  # cuobjdump's "ctrl\tOPCODE ..." lines
 
@@ -45,8 +49,10 @@ def count(case: dict) -> list[tuple[str, int, float, Counter]]:
                                   options=options.__dict__)
         ops = [m.group(1).split(".")[0] for m in _OP.finditer(compiled.asm["sass"])]
         ops = [op for op in ops if op != "NOP"]
-        elements = bound["BLOCK_R"] * bound["BLOCK_C"] if "BLOCK_R" in bound else 8 * bound[
-            "BLOCK_N"]
+        if "BLOCK_R" in bound:
+            elements = bound["BLOCK_R"] * bound["BLOCK_C"]
+        else:
+            elements = 8 * bound["BLOCK_N"] if "BLOCK_N" in bound else bound["BLOCK"]
         per_thread = elements / (options.num_warps * 32)
         rows.append((fn.__name__, len(ops), len(ops) / per_thread, Counter(ops)))
     return rows
@@ -55,5 +61,5 @@ def count(case: dict) -> list[tuple[str, int, float, Counter]]:
 if __name__ == "__main__":
     for label, case in CASES.items():
         for kernel, total, per_element, ops in count(case):
-            print(f"{label:17s} {kernel:18s} {total:4d} instructions, {per_element:5.1f} per "
+            print(f"{label:26s} {kernel:24s} {total:4d} instructions, {per_element:5.1f} per "
                   f"element (IMAD {ops['IMAD']}, LDG {ops['LDG']}, STG {ops['STG']})")

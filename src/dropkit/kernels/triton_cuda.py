@@ -293,7 +293,8 @@ def apply(
     result = out if out is not None and out.is_contiguous() else torch.empty_like(src)
     if src.numel():
         consts = dict(
-            scale=scale, shift=shift, fill=float(torch.tensor(fill, dtype=x.dtype)),  # exact
+            scale=scale, shift=shift,  # fill rounded to x's dtype (exact in float32 then)
+            fill=fill if fill == 0.0 else float(torch.tensor(fill, dtype=x.dtype)),
             HAS_SHIFT=shift != 0.0, IS_BF16=x.dtype == torch.bfloat16,
             enable_fp_fusion=False,  # x * scale, rounded, then + shift: no FMA
         )
