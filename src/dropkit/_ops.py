@@ -83,7 +83,7 @@ def _masked_affine_setup(ctx, inputs, output):
 def _masked_affine_backward(ctx, grad):
     (key,) = ctx.saved_tensors
     threshold, noise_shape, scale = ctx.params
-    grad_x = masked_affine(grad, key, threshold, noise_shape, scale, 0.0, 0.0)
+    grad_x = masked_affine_eager(grad, key, threshold, noise_shape, scale, 0.0, 0.0)
     return grad_x, None, None, None, None, None, None
 
 
@@ -102,20 +102,17 @@ def _plain_eager(*tensors: Tensor) -> bool:
 
 
 class _MaskedAffineFn(torch.autograd.Function):
-    """``dropkit::masked_affine`` for plain eager calls: the same code, saves only the key."""
+    """``dropkit::masked_affine`` for plain eager calls: the op's code, setup and backward."""
 
     @staticmethod
-    def forward(ctx, x, key, threshold, noise_shape, scale, shift, fill):
-        ctx.save_for_backward(key)
-        ctx.params = (threshold, noise_shape, scale)
-        return _masked_affine(x, key, threshold, noise_shape, scale, shift, fill)
+    def forward(ctx, *inputs):
+        output = _masked_affine(*inputs)
+        _masked_affine_setup(ctx, inputs, output)
+        return output
 
     @staticmethod
     def backward(ctx, grad):
-        (key,) = ctx.saved_tensors
-        threshold, noise_shape, scale = ctx.params
-        grad_x = masked_affine_eager(grad, key, threshold, noise_shape, scale, 0.0, 0.0)
-        return grad_x, None, None, None, None, None, None
+        return _masked_affine_backward(ctx, grad)
 
 
 def masked_affine_eager(
