@@ -167,6 +167,16 @@ def _numba():
 # The custom op
 
 
+def _without_rng(x: Tensor, cal) -> Tensor | None:
+    """The result when no random number is needed (empty input, ``p = 0``, or ``p = 1``: every
+    start is a seed), else ``None``."""
+    if x.numel() == 0 or cal.threshold == 0:
+        return x.clone(memory_format=torch.contiguous_format)
+    if cal.threshold >= spec.WORD_RANGE:
+        return torch.zeros_like(x, memory_format=torch.contiguous_format)
+    return None
+
+
 @torch.library.custom_op("dropkit::drop_block", mutates_args=())
 def drop_block_op(
     x: Tensor,
@@ -180,11 +190,10 @@ def drop_block_op(
     spatial_dims = len(block_size)
     n, c, spatial = spec.layout(tuple(x.shape), spatial_dims, channels_last)
     cal = spec.calibrate(spatial, tuple(block_size), _ops.read_rate(p))
-    if x.numel() == 0 or cal.threshold == 0:
-        return x.clone(memory_format=torch.contiguous_format)
-    if cal.threshold >= spec.WORD_RANGE:  # p = 1: every start is a seed; no RNG is drawn
-        return torch.zeros_like(x, memory_format=torch.contiguous_format)
-    k0, k1 = (int(k) for k in key.tolist())
+    trivial = _without_rng(x, cal)
+    if trivial is not None:
+        return trivial
+    k0, k1 = _ops._key(key)
     backend = _numba() if x.device.type == "cpu" else None
     if backend is None and kernels.uses_triton(x.device):  # CUDA tensors, triton importable
         from .kernels import triton_drop_block as backend
@@ -230,10 +239,9 @@ def drop_block_at_op(
     spatial_dims = len(block_size)
     n, c, spatial = spec.layout(tuple(global_shape), spatial_dims, channels_last)
     cal = spec.calibrate(spatial, tuple(block_size), _ops.read_rate(p))
-    if x.numel() == 0 or cal.threshold == 0:
-        return x.clone(memory_format=torch.contiguous_format)
-    if cal.threshold >= spec.WORD_RANGE:
-        return torch.zeros_like(x, memory_format=torch.contiguous_format)
+    trivial = _without_rng(x, cal)
+    if trivial is not None:
+        return trivial
     batched = len(global_shape) == spatial_dims + 2
     ln, lc, lspatial = spec.layout(tuple(x.shape), spatial_dims, channels_last)
     on, oc, ospatial = spec.layout(tuple(offset), spatial_dims, channels_last)
@@ -242,8 +250,7 @@ def drop_block_at_op(
     field = (n, c if per_channel else 1, *starts)
     local = (ln, lc if per_channel else 1, *lspatial)
     first = (on, oc if per_channel else 0, *ospatial)
-    k0, k1 = (int(k) for k in key.tolist())
-    keep = block_keep_at((k0, k1), cal.threshold, field, cal.block, local, first, x.device)
+    keep = block_keep_at(_ops._key(key), cal.threshold, field, cal.block, local, first, x.device)
     ct = torch_ref.compute_dtype(x.dtype)
     factor = (torch.tensor(spec.expected_scale(cal), dtype=ct, device=x.device)
               if scale == "expected" else None)
