@@ -671,3 +671,20 @@ def test_cpu_tensors_never_use_triton():
         kernels.set_backend(name)
         assert not kernels.uses_triton(torch.device("cpu"))
         assert kernels.for_device(torch.device("cpu")).__name__.endswith("numba_cpu")
+
+
+@pytest.mark.parametrize(("shape", "noise_shape", "sizes", "strides"), [
+    ((2, 3, 4, 5), (2, 3, 1, 1), [6, 20], [1, 0]),
+    ((2, 4, 5, 3), (2, 1, 1, 3), [2, 20, 3], [3, 0, 1]),
+    ((2, 3, 4, 5), (1, 3, 1, 5), [2, 3, 4, 5], [0, 5, 0, 1]),
+    ((2, 1, 4, 5), (2, 1, 4, 5), [40], [1]),
+    ((2, 3, 4, 5), (1, 1, 1, 1), [120], [0]),
+    ((1, 1), (1, 1), [1], [1]),
+])
+def test_collapse(shape, noise_shape, sizes, strides):
+    assert torch_ref.collapse(shape, noise_shape) == (sizes, strides)
+
+
+def test_collapse_rejects_a_noise_shape_that_does_not_broadcast():
+    with pytest.raises(ValueError, match="does not broadcast"):
+        torch_ref.collapse((2, 3), (2, 2))

@@ -128,18 +128,6 @@ def test_keep_field_matches_the_spec(count):
     assert torch.equal(got, torch.from_numpy(rng.uniform16(2**40 + 12345, 0, count) >= 30000))
 
 
-@pytest.mark.parametrize(("shape", "noise_shape", "sizes", "strides"), [
-    ((2, 3, 4, 5), (2, 3, 1, 1), [6, 20], [1, 0]),
-    ((2, 4, 5, 3), (2, 1, 1, 3), [2, 20, 3], [3, 0, 1]),
-    ((2, 3, 4, 5), (1, 3, 1, 5), [2, 3, 4, 5], [0, 5, 0, 1]),
-    ((2, 1, 4, 5), (2, 1, 4, 5), [40], [1]),
-    ((2, 3, 4, 5), (1, 1, 1, 1), [120], [0]),
-    ((1, 1), (1, 1), [1], [1]),
-])
-def test_collapse(shape, noise_shape, sizes, strides):
-    assert triton_cuda._collapse(shape, noise_shape) == (sizes, strides)
-
-
 @pytest.mark.parametrize("d", [1, 2, 3, 7, 49, 64, 1000, 3136, 2**20 + 1, 3**19, 2**31 - 1])
 def test_magic_division(d):
     m, s = triton_cuda._magic(d)
@@ -149,11 +137,6 @@ def test_magic_division(d):
     n = n[(n >= 0) & (n < 2**31)].astype(np.uint64)
     q = (((n * np.uint64(m)) >> np.uint64(32)) + n) >> np.uint64(s)  # the kernel's uint32 ops
     assert (q < 2**31).all() and np.array_equal(q, n // np.uint64(d))
-
-
-def test_collapse_rejects_a_noise_shape_that_does_not_broadcast():
-    with pytest.raises(ValueError, match="does not broadcast"):
-        triton_cuda._collapse((2, 3), (2, 2))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

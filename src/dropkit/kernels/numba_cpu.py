@@ -611,30 +611,6 @@ if _HAS_F16C:
     _KERNELS[torch.float16] = (np.uint16, np.float32, (True,), *_HALF_KERNELS)
 
 
-def _collapse(shape, noise_shape) -> tuple[np.ndarray, np.ndarray]:
-    """Merge neighbouring axes that are both full or both broadcast; return sizes and the
-    field's stride of each merged axis (0 when broadcast)."""
-    groups: list[list[int]] = []  # [size, full]
-    for size, noise in zip(shape, noise_shape, strict=True):
-        if size == 1:
-            continue
-        full = int(noise == size)
-        if groups and groups[-1][1] == full:
-            groups[-1][0] *= size
-        else:
-            groups.append([size, full])
-    if not groups:
-        groups = [[1, 1]]
-    sizes = np.array([g[0] for g in groups], dtype=np.int64)
-    strides = np.zeros(len(groups), dtype=np.int64)
-    step = 1
-    for d in range(len(groups) - 1, -1, -1):
-        if groups[d][1]:
-            strides[d] = step
-            step *= groups[d][0]
-    return sizes, strides
-
-
 def _flat_numpy(t: torch.Tensor, view_dtype) -> np.ndarray:
     """A flat NumPy view of a contiguous tensor; 16-bit floats are seen as uint16 bits."""
     flat = t.detach().reshape(-1)
@@ -689,7 +665,8 @@ def apply(
             fused_serial(xs, os_, 0, (n + 7) // 8, k0, k1, np.uint16(t), *consts)
         return out
     keep = keep_field(key, t, field_size).numpy().view(np.uint8)
-    sizes, strides = _collapse(tuple(x.shape), tuple(noise_shape))
+    sizes, strides = (np.array(v, dtype=np.int64)
+                      for v in torch_ref.collapse(tuple(x.shape), tuple(noise_shape)))
     if parallel:
         rows_per_item = max(1, _ITEM * 8 // int(sizes[-1]))
         broadcast(xs, os_, keep, sizes, strides, rows_per_item, *consts)

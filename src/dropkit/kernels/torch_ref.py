@@ -17,6 +17,7 @@ __all__ = [
     "apply",
     "apply_keep",
     "block_words",
+    "collapse",
     "compute_dtype",
     "field_index",
     "keep_field",
@@ -94,6 +95,34 @@ def field_index(
         stride *= field_shape[axis]
     local_noise = [n if f != 1 else 1 for n, f in zip(local_shape, field_shape, strict=True)]
     return index.expand(local_noise)
+
+
+def collapse(shape: tuple[int, ...], noise_shape: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """Merge neighbouring axes of x that are both full or both broadcast in the noise field
+    (size-1 axes are dropped): the layout the numba and Triton broadcast kernels walk.
+
+    Returns:
+        ``(sizes, strides)``: the merged axes' sizes and field strides (0 where broadcast),
+        at least one axis. Raises ``ValueError`` if ``noise_shape`` does not broadcast to
+        ``shape`` axis by axis (same rank, each size 1 or x's).
+    """
+    if len(shape) != len(noise_shape) or any(
+            n not in (1, s) for s, n in zip(shape, noise_shape, strict=True)):
+        raise ValueError(f"noise_shape {noise_shape} does not broadcast to {shape}.")
+    groups: list[list[int]] = []  # [size, full]
+    for size, noise in zip(shape, noise_shape, strict=True):
+        if size != 1:
+            full = int(noise == size)
+            if groups and groups[-1][1] == full:
+                groups[-1][0] *= size
+            else:
+                groups.append([size, full])
+    groups = groups or [[1, 1]]
+    strides, step = [0] * len(groups), 1
+    for d in reversed(range(len(groups))):
+        if groups[d][1]:
+            strides[d], step = step, step * groups[d][0]
+    return [g[0] for g in groups], strides
 
 
 def keep_field(key: tuple[int, int], t: int, count: int, device=None) -> torch.Tensor:

@@ -16,8 +16,8 @@ What is fused (float32, float16, bfloat16; float64 applies a Triton keep field w
 * broadcast noise fields (spatial dropout channels first or last, timestep dropout, DropPath,
   Keras ``noise_shape``): ``_keep_kernel`` draws the small keep field, then ``_broadcast_kernel``
   applies it in one pass over x, for up to ``_MAX_DIMS`` (4) alternating full/broadcast axes
-  after merging neighbours (``_collapse``); more alternations fall back to ``torch_ref``'s
-  expression on the Triton keep field;
+  after merging neighbours (``torch_ref.collapse``); more alternations fall back to
+  ``torch_ref``'s expression on the Triton keep field;
 * Gaussian dropout (every dtype, float64 included): ``gaussian``, the spec's float64 Box-Muller
   (stream 1) and the multiplication in one pass; ``normal_field`` draws the noise alone.
 
@@ -177,10 +177,11 @@ def _broadcast_kernel(x_ptr, keep_ptr, out_ptr, rows, cols, col_tiles, size1, si
                       LAST_FULL: tl.constexpr, ROW64: tl.constexpr, HAS_SHIFT: tl.constexpr,
                       IS_BF16: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """x is seen as ``(rows, cols)``, rows ``(size0, size1, size2)`` row-major, the collapsed
-    axes of x (``_collapse``); ``stride0..2`` are the field strides of the row axes (0 where
-    broadcast), the column axis has field stride 1 if ``LAST_FULL`` else 0; ``magic``/``shift``
-    divide by ``size1``/``size2`` (``_magic``; unused if ``ROW64``). A program does a
-    ``(BLOCK_R, BLOCK_C)`` tile: the row -> field index arithmetic is done per row."""
+    axes of x (``torch_ref.collapse``); ``stride0..2`` are the field strides of the row axes (0
+    where broadcast), the column axis has field stride 1 if ``LAST_FULL`` else 0;
+    ``magic``/``shift`` divide by ``size1``/``size2`` (``_magic``; unused if ``ROW64``). A
+    program does a ``(BLOCK_R, BLOCK_C)`` tile: the row -> field index arithmetic is done per
+    row."""
     pid = tl.program_id(0).to(tl.int64)
     tile_r = pid // col_tiles
     r = tile_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -200,37 +201,9 @@ def _broadcast_kernel(x_ptr, keep_ptr, out_ptr, rows, cols, col_tiles, size1, si
     tl.store(out_ptr + offs, result, mask=mask)
 
 
-def _collapse(shape: tuple[int, ...], noise_shape: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    """Merge neighbouring axes of x that are both full or both broadcast in the noise field
-    (size-1 axes are dropped), as ``numba_cpu._collapse``.
-
-    Returns:
-        ``(sizes, strides)``: the merged axes' sizes and field strides (0 where broadcast),
-        at least one axis. Raises ``ValueError`` if ``noise_shape`` does not broadcast to
-        ``shape`` axis by axis (same rank, each size 1 or x's).
-    """
-    if len(shape) != len(noise_shape) or any(
-            n not in (1, s) for s, n in zip(shape, noise_shape, strict=True)):
-        raise ValueError(f"noise_shape {noise_shape} does not broadcast to {shape}.")
-    groups: list[list[int]] = []  # [size, full]
-    for size, noise in zip(shape, noise_shape, strict=True):
-        if size != 1:
-            full = int(noise == size)
-            if groups and groups[-1][1] == full:
-                groups[-1][0] *= size
-            else:
-                groups.append([size, full])
-    groups = groups or [[1, 1]]
-    strides, step = [0] * len(groups), 1
-    for d in reversed(range(len(groups))):
-        if groups[d][1]:
-            strides[d], step = step, step * groups[d][0]
-    return [g[0] for g in groups], strides
-
-
 def _apply_broadcast(src, result, keep, sizes, strides, consts: dict) -> None:
     """Launch ``_broadcast_kernel`` for contiguous ``src`` -> ``result`` with at most
-    ``_MAX_DIMS`` collapsed axes (``_collapse``), padded in front with size-1 axes."""
+    ``_MAX_DIMS`` collapsed axes (``torch_ref.collapse``), padded in front with size-1 axes."""
     pad = _MAX_DIMS - len(sizes)
     sizes, strides = [1] * pad + sizes, [0] * pad + strides
     cols, rows = sizes[3], sizes[0] * sizes[1] * sizes[2]
@@ -277,7 +250,8 @@ def apply(
         key: the two key words; t: the threshold (kept iff ``u >= t``).
         noise_shape: x's rank, each axis 1 or x's size. Full: Philox and the affine map in one
             kernel; broadcast with at most ``_MAX_DIMS`` alternating full/broadcast axes after
-            merging (``_collapse``): keep field, then one broadcast kernel; else ``torch_ref``.
+            merging (``torch_ref.collapse``): keep field, then one broadcast kernel; else
+            ``torch_ref``.
         scale, shift, fill: as ``rng.affine_params`` gives them.
         out: optional result tensor (may be ``x`` itself), returned.
 
@@ -285,7 +259,7 @@ def apply(
         The contiguous result, or ``out``.
     """
     noise_shape = tuple(noise_shape)
-    sizes, strides = _collapse(tuple(x.shape), noise_shape)
+    sizes, strides = torch_ref.collapse(tuple(x.shape), noise_shape)
     if x.dtype not in _DTYPES or len(sizes) > _MAX_DIMS:
         keep = keep_field(key, t, math.prod(noise_shape), device=x.device)
         return torch_ref.apply_keep(x, keep.reshape(noise_shape), scale, shift, fill, out=out)
