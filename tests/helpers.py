@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import re
 
 import torch
 
@@ -61,3 +64,34 @@ def same_bits(a: torch.Tensor, b: torch.Tensor, any_nan: bool = False) -> bool:
             return False
         a, b = a.masked_fill(nan, 0), b.masked_fill(nan, 0)
     return torch.equal(a.view(BITS[a.dtype]), b.view(BITS[b.dtype]))
+
+
+# --- the command line ---
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """Run ``dropkit`` in-process: ``(exit code, stdout, stderr)``; an argparse exit
+    (``SystemExit``) counts as its exit code."""
+    from dropkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_cli_error(result: tuple[int, str, str], command: str, message: str | None = None,
+                     code: int = 2) -> None:
+    """The CLI's error contract: exit ``code``, nothing on stdout, exactly one stderr line
+    ``dropkit COMMAND: error: ...`` and no traceback; ``message``: a regex the line matches."""
+    exit_code, out, err = result
+    assert exit_code == code, err
+    assert out == ""
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err
+    assert err.startswith(f"dropkit {command}: error: "), err
+    if message is not None:
+        assert re.search(message, err), err

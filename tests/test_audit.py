@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import importlib.machinery
-import io
 import itertools
 import json
 import math
@@ -24,7 +22,8 @@ import torch.nn.functional as F
 import dropkit.functional as DF
 from dropkit import rng
 from dropkit._drop_block_numpy import calibrate
-from dropkit.cli import audit, main
+from dropkit.cli import audit
+from helpers import assert_cli_error, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIELDS = [
@@ -34,17 +33,6 @@ FIELDS = [
 ]
 QUICK_ROWS = 19
 WITHIN = {"3% and 4 SE", "3%", "4 SE", "no", "error"}
-
-
-def _main(argv: list[str]) -> tuple[int, str, str]:
-    """Run the CLI in-process; an argparse exit (SystemExit) counts as its exit code."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -62,7 +50,7 @@ def _within(realized: float, p: float, se: float) -> str:
 def quick(tmp_path_factory) -> tuple[Path, int, str, str]:
     """One quick run with the default draws and seed, shared by the tests that only read it."""
     folder = tmp_path_factory.mktemp("audit") / "out" / "nested"  # parents are created
-    code, out, err = _main(["audit", "--quick", "--out", str(folder)])
+    code, out, err = run_cli(["audit", "--quick", "--out", str(folder)])
     return folder, code, out, err
 
 
@@ -312,7 +300,7 @@ def fake_peers(monkeypatch):
 
 def test_fake_peers_are_audited_and_flagged(fake_peers, tmp_path):
     state = torch.random.get_rng_state()
-    code, out, err = _main(["audit", "--quick", "--draws", "10", "--out", str(tmp_path)])
+    code, out, err = run_cli(["audit", "--quick", "--draws", "10", "--out", str(tmp_path)])
     assert torch.equal(torch.random.get_rng_state(), state)  # peers' seeding is undone
     assert code == 0, out + err  # peers never change the exit code
     report = json.loads((tmp_path / "audit.json").read_text())
@@ -407,7 +395,7 @@ def test_a_dropkit_row_out_of_tolerance_exits_1(monkeypatch, tmp_path):
 
     monkeypatch.setattr(DF, "dropout", half_rate)
     monkeypatch.setattr(DF, "drop_path", broken)
-    code, out, err = _main(["audit", "--quick", "--draws", "4", "--out", str(tmp_path)])
+    code, out, err = run_cli(["audit", "--quick", "--draws", "4", "--out", str(tmp_path)])
     assert code == 1
     assert err == ""
     rows = [r for r in _rows(tmp_path) if r["provider"] == "dropkit"]
@@ -426,7 +414,7 @@ def test_without_matplotlib_writes_csv_and_json(monkeypatch, tmp_path):
     # None in sys.modules makes every `import matplotlib...` raise ImportError.
     for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)
-    code, out, err = _main(["audit", "--quick", "--draws", "2", "--out", str(tmp_path)])
+    code, out, err = run_cli(["audit", "--quick", "--draws", "2", "--out", str(tmp_path)])
     assert code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.csv", "audit.json"]
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -469,18 +457,12 @@ def test_bad_arguments(tmp_path, argv, message):
     folder = tmp_path / "never"
     if "--out" not in argv:
         argv = [*argv, "--out", str(folder)]
-    code, out, err = _main(["audit", "--quick", *argv])
-    assert code == 2
-    assert out == ""
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert err.startswith("dropkit audit: error: ")
-    assert re.search(message, err), err
+    assert_cli_error(run_cli(["audit", "--quick", *argv]), "audit", message)
     assert not folder.exists()
 
 
 def test_unknown_option_exits_2():
-    code, out, err = _main(["audit", "--frobnicate"])
+    code, out, err = run_cli(["audit", "--frobnicate"])
     assert code == 2 and out == ""
     assert err.splitlines()[-1] == (
         "dropkit: error: unrecognized arguments: --frobnicate"
@@ -492,16 +474,14 @@ def test_output_under_a_regular_file(tmp_path):
     blocker.write_text("not a folder")
     for target, start in ((blocker, "cannot write to"),
                           (blocker / "sub", "cannot create the output folder")):
-        code, out, err = _main(["audit", "--quick", "--out", str(target)])
-        assert code == 1
-        assert out == ""
-        assert len(err.splitlines()) == 1 and "Traceback" not in err
-        assert err.startswith(f"dropkit audit: error: {start} {str(target)!r}")
+        result = run_cli(["audit", "--quick", "--out", str(target)])
+        assert_cli_error(result, "audit", code=1)
+        assert result[2].startswith(f"dropkit audit: error: {start} {str(target)!r}")
     assert blocker.read_text() == "not a folder"
 
 
 def test_help():
-    code, out, err = _main(["audit", "--help"])
+    code, out, err = run_cli(["audit", "--help"])
     assert code == 0 and err == ""
     text = " ".join(out.split())
     for option in ("--quick", "--draws N", "--seed SEED", "--out DIR", "--device DEVICE"):
@@ -509,7 +489,7 @@ def test_help():
     assert "3% of p or <= 4 standard errors" in text
     assert "Exit status: 0 when every dropkit row is within tolerance, 1 when one is not" in text
     assert "torchvision" in text and "timm" in text and "dropblock" in text
-    code, out, _ = _main(["--help"])
+    code, out, _ = run_cli(["--help"])
     assert code == 0 and "audit" in out
 
 

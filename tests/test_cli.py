@@ -4,10 +4,8 @@ options, argument errors and exit codes."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
 import importlib.util
-import io
 import json
 import os
 import re
@@ -25,6 +23,7 @@ import dropkit
 import dropkit.cli
 from dropkit.cli import _args, main
 from dropkit.cli import gallery as gallery_cli
+from helpers import assert_cli_error, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PICTURES = (
@@ -33,22 +32,11 @@ PICTURES = (
 DEFAULT_DPI = 100
 
 
-def _main(argv: list[str]) -> tuple[int, str, str]:
-    """Run the CLI in-process; an argparse exit (SystemExit) counts as its exit code."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory) -> tuple[Path, int, str, str]:
     """One default run (p 0.5, seed 0, dpi 100), shared by the tests that only read it."""
     folder = tmp_path_factory.mktemp("cli") / "gallery" / "nested"  # parents are created
-    code, out, err = _main(["gallery", "--out", str(folder)])
+    code, out, err = run_cli(["gallery", "--out", str(folder)])
     return folder, code, out, err
 
 
@@ -92,7 +80,7 @@ def test_gallery_is_reproducible_and_follows_seed_and_dpi(gallery, tmp_path):
     folder = gallery[0]
     first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for target, seed in ((first, "0"), (again, "0"), (other, "1")):
-        code, _, err = _main(["gallery", "--out", str(target), "--seed", seed, "--dpi", "50"])
+        code, _, err = run_cli(["gallery", "--out", str(target), "--seed", seed, "--dpi", "50"])
         assert code == 0, err
     for name in PICTURES:
         assert (first / name).read_bytes() == (again / name).read_bytes(), name
@@ -108,7 +96,7 @@ def test_gallery_is_reproducible_and_follows_seed_and_dpi(gallery, tmp_path):
 
 @pytest.mark.parametrize("p", ["0", "1", "0.1"])
 def test_gallery_edge_probabilities(tmp_path, p):
-    code, out, err = _main(["gallery", "--out", str(tmp_path), "--p", p, "--dpi", "20",
+    code, out, err = run_cli(["gallery", "--out", str(tmp_path), "--p", p, "--dpi", "20",
                             "--seed", str(2**64 - 1)])
     assert code == 0, err
     assert out.splitlines()[-1] == (
@@ -138,13 +126,10 @@ def test_gallery_without_matplotlib(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)
     folder = tmp_path / "out"
-    code, out, err = _main(["gallery", "--out", str(folder)])
-    assert code == 1
-    assert out == ""
-    assert len(err.splitlines()) == 1
-    assert err.startswith("dropkit gallery: error: the gallery needs matplotlib")
-    assert 'pip install "dropkit[gallery]"' in err
-    assert "Traceback" not in err
+    result = run_cli(["gallery", "--out", str(folder)])
+    assert_cli_error(result, "gallery", r"^dropkit gallery: error: the gallery needs matplotlib",
+                     code=1)
+    assert 'pip install "dropkit[gallery]"' in result[2]
     assert not folder.exists()
 
 
@@ -172,13 +157,7 @@ def test_gallery_bad_arguments(tmp_path, argv, message):
     folder = tmp_path / "never"
     if "--out" not in argv:
         argv = [*argv, "--out", str(folder)]
-    code, out, err = _main(["gallery", *argv])
-    assert code == 2
-    assert out == ""
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert err.startswith("dropkit gallery: error: ")
-    assert re.search(message, err), err
+    assert_cli_error(run_cli(["gallery", *argv]), "gallery", message)
     assert not folder.exists()
 
 
@@ -197,12 +176,9 @@ def test_gallery_bad_argument_through_capsys(capsys, tmp_path):
 def test_gallery_output_under_a_regular_file(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
-    code, out, err = _main(["gallery", "--out", str(blocker / "sub")])
-    assert code == 1
-    assert out == ""
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert err.startswith(
+    result = run_cli(["gallery", "--out", str(blocker / "sub")])
+    assert_cli_error(result, "gallery", code=1)
+    assert result[2].startswith(
         f"dropkit gallery: error: cannot create the output folder {str(blocker / 'sub')!r}: "
     )
     assert blocker.read_text() == "not a folder"
@@ -211,7 +187,7 @@ def test_gallery_output_under_a_regular_file(tmp_path):
 def test_gallery_output_is_a_regular_file(tmp_path):
     blocker = tmp_path / "file.png"
     blocker.write_bytes(b"x")
-    code, _, err = _main(["gallery", "--out", str(blocker)])
+    code, _, err = run_cli(["gallery", "--out", str(blocker)])
     assert code == 1
     assert err == (
         f"dropkit gallery: error: cannot write to {str(blocker)!r}: it exists and is not a "
@@ -271,7 +247,7 @@ def test_version(capsys):
 
 
 def test_top_level_help_lists_every_command_with_examples_and_exit_codes():
-    code, out, err = _main(["--help"])
+    code, out, err = run_cli(["--help"])
     assert code == 0 and err == ""
     subparsers = _subparsers()
     assert set(COMMANDS) <= set(subparsers)
@@ -296,7 +272,7 @@ def test_top_level_help_lists_every_command_with_examples_and_exit_codes():
 def test_each_command_has_its_own_help(command):
     if command not in _subparsers():
         pytest.skip(f"{command} is not registered")
-    code, out, err = _main([command, "--help"])
+    code, out, err = run_cli([command, "--help"])
     assert code == 0 and err == ""
     assert out.startswith(f"usage: dropkit {command}")
     description = out.split("\n\n")[1]
@@ -352,13 +328,8 @@ def test_shared_options_are_spelled_and_explained_alike():
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(tmp_path, argv, message):
-    code, out, err = _main([*argv, *(["--out", str(tmp_path / "x")] if argv[0] != "bench"
-                                    else [])])
-    assert code == 2, err
-    assert out == ""
-    assert err.startswith(f"dropkit {argv[0]}: error: ")
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert re.search(message, err), err
+    out_args = ["--out", str(tmp_path / "x")] if argv[0] != "bench" else []
+    assert_cli_error(run_cli([*argv, *out_args]), argv[0], message)
     assert not (tmp_path / "x").exists()
 
 
@@ -375,7 +346,7 @@ def test_bad_values_are_one_line_and_exit_2(tmp_path, argv, message):
     ],
 )
 def test_argparse_errors_are_usage_then_one_line(argv, last_line):
-    code, out, err = _main(argv)
+    code, out, err = run_cli(argv)
     assert code == 2 and out == ""
     lines = err.splitlines()
     assert lines[0].startswith("usage: dropkit")
@@ -396,7 +367,7 @@ def test_bench_json_that_cannot_be_written_fails_before_timing(tmp_path):
         (tmp_path, f"cannot write {str(tmp_path)!r}: it is a folder."),
     ]
     for path, message in cases:
-        code, out, err = _main(["bench", "--numel", "64", "--json", str(path)])
+        code, out, err = run_cli(["bench", "--numel", "64", "--json", str(path)])
         assert code == 1, err
         assert out == ""  # nothing was timed
         assert err.startswith("dropkit bench: error: ") and err.rstrip().endswith(message), err
@@ -414,7 +385,7 @@ def test_output_folder_without_write_permission(tmp_path, monkeypatch):
         monkeypatch.setattr(_args.os, "access", lambda path, mode: (
             False if Path(path) == folder else real(path, mode)))
     try:
-        code, out, err = _main(["gallery", "--out", str(folder)])
+        code, out, err = run_cli(["gallery", "--out", str(folder)])
     finally:
         folder.chmod(0o755)
     assert code == 1 and out == ""
@@ -439,7 +410,7 @@ def test_exceptions_become_exit_codes(monkeypatch, error, code, expected):
         raise error
 
     monkeypatch.setattr(gallery_cli, "run", boom)
-    got, out, err = _main(["gallery"])
+    got, out, err = run_cli(["gallery"])
     assert got == code
     assert out == "" and err == expected
 
