@@ -339,3 +339,25 @@ def _rate_backward(ctx, grad):
 # backward: rate_op_backward again.
 rate_op.register_autograd(_rate_backward, setup_context=_rate_setup)
 rate_op_backward.register_autograd(_rate_backward, setup_context=_rate_setup)
+
+
+@torch.library.custom_op("dropkit::gaussian_add", mutates_args=())
+def gaussian_add(x: Tensor, key: Tensor, std: float) -> Tensor:
+    """``x + std * z``, z the standard normal field of stream 1 (the noise of ``gaussian_mul``):
+    ``std * z`` is computed in float64, rounded to the compute dtype, added in it and rounded to
+    x's dtype. Its gradient is the identity, so autograd saves nothing, not even the key."""
+    z = kernels.for_device(x.device).normal_field(_key(key), x.numel(), device=x.device)
+    ct = torch_ref.compute_dtype(x.dtype)
+    return (x.to(ct) + (std * z.reshape(x.shape)).to(ct)).to(x.dtype).contiguous()
+
+
+@gaussian_add.register_fake
+def _(x, key, std):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _gaussian_add_backward(ctx, grad):
+    return grad, None, None
+
+
+gaussian_add.register_autograd(_gaussian_add_backward)

@@ -146,3 +146,16 @@ def timestep_noise_shape(fn: str, shape: tuple[int, ...]) -> tuple[int, ...]:
             f"{len(shape)}D tensor of shape {tuple(shape)}."
         )
     return tuple(shape[:2]) + (1,) * (len(shape) - 2)
+
+
+def check_stddev(fn: str, stddev: object) -> float:
+    """A standard deviation as a finite float >= 0; rejects bools, strings, tensors, NaN, inf
+    and negative values."""
+    if isinstance(stddev, bool) or not isinstance(stddev, numbers.Real):
+        raise TypeError(
+            f"{fn}: `stddev` must be a real number >= 0, got {_received(stddev)}."
+        )
+    value = float(stddev)
+    if not 0.0 <= value < float("inf"):  # also rejects NaN
+        raise ValueError(f"{fn}: `stddev` must be a finite number >= 0, got {stddev!r}.")
+    return value

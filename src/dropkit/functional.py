@@ -543,3 +543,56 @@ def drop_path(
 from ._drop_block import drop_block1d, drop_block2d, drop_block3d  # noqa: E402  (imports this module)
 from ._drop_connect import drop_connect  # noqa: E402
 from ._fused_add import bias_dropout_add, drop_path_add  # noqa: E402
+
+
+def gaussian_noise(
+    input: Tensor,
+    stddev: float,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Add zero-mean Gaussian noise ``N(0, stddev**2)`` (Keras' ``GaussianNoise``), in training.
+
+    The noise ``stddev * z`` uses the same standard normal field ``z`` as
+    :func:`gaussian_dropout` (stream 1 of the Philox engine, Box-Muller in float64,
+    ``docs/rng.md`` section 5): for the same ``seed``, ``gaussian_noise(x, s) - x`` is
+    ``(gaussian_dropout(ones, p) - 1) * s / sqrt(p / (1 - p))`` up to rounding. The gradient is
+    the identity, so autograd saves nothing. :func:`dropkit.numpy.gaussian_noise` is the NumPy
+    twin (same bits).
+
+    Args:
+        input: Tensor of any shape and a floating dtype.
+        stddev: Standard deviation of the noise, a finite number ``>= 0``.
+        training: Add the noise if ``True`` (the default, as in ``torch.nn.functional``);
+            return ``input`` itself otherwise.
+        seed: Fixes the noise: an int in ``[0, 2**64)``.
+        generator: Draws the seed when ``seed`` is not given.
+
+    Shape:
+        - Input: ``(*)``. Output: same shape, contiguous (``input`` itself when ``training``
+          is ``False``, ``stddev`` is 0 or ``input`` is empty).
+
+    Raises:
+        TypeError: ``input`` is not a floating tensor, ``stddev`` is not a real number,
+            ``training`` is not a bool, or ``seed`` is not an int.
+        ValueError: ``stddev`` negative, infinite or NaN, or a ``seed`` outside ``[0, 2**64)``.
+
+    Example:
+        >>> import torch, dropkit.functional as DF
+        >>> y = DF.gaussian_noise(torch.ones(100_000), 0.3, seed=0)
+        >>> round(y.mean().item(), 2), round(y.std().item(), 2)
+        (1.0, 0.3)
+        >>> DF.gaussian_noise(torch.ones(2), 0.3, training=False).tolist()
+        [1.0, 1.0]
+    """
+    fn = "gaussian_noise"
+    _check_common(fn, input, 0.0, training, False, seed, generator)
+    stddev = v.check_stddev(fn, stddev)
+    if not training or stddev == 0.0 or input.numel() == 0:
+        return input
+    return _ops.gaussian_add(input, draw_key(seed, generator), stddev)
+
+
+__all__ += ["gaussian_noise"]

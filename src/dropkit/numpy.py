@@ -434,3 +434,48 @@ def drop_path_add(
         return _add(residual, x)
     mode = "inverted" if scale_by_keep else "vanilla"  # vanilla: unscaled in training
     return _add(residual, _dropout_impl(x, p, True, mode, shape, seed, rng))
+
+
+def gaussian_noise(
+    x: np.ndarray,
+    stddev: float,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """NumPy twin of :func:`dropkit.functional.gaussian_noise` (noise from stream 1).
+
+    ``x + stddev * z`` with ``z = dropkit.rng.normal_field(x.shape, seed)``: ``stddev * z`` in
+    float64, rounded to the compute dtype, added in it and rounded to x's dtype once.
+
+    Args:
+        x: Array of a floating dtype (float16, float32 or float64).
+        stddev: Standard deviation of the noise, a finite number ``>= 0``.
+        training: Add the noise if ``True``; otherwise return ``x``.
+        seed: Fixes the noise: an int in ``[0, 2**64)``.
+        rng: A ``numpy.random.Generator`` that draws the seed when ``seed`` is not given
+            (default: a fresh ``numpy.random.default_rng()``).
+
+    Raises:
+        TypeError: ``x`` is not a float16/float32/float64 ``numpy.ndarray``, ``stddev`` is not
+            a real number, ``training`` is not a bool, ``rng`` is not a
+            ``numpy.random.Generator``, or ``seed`` is not an int.
+        ValueError: ``stddev`` negative, infinite or NaN, or a ``seed`` outside ``[0, 2**64)``
+            or given together with ``rng``.
+
+    Example:
+        >>> import numpy as np, dropkit.numpy as dnp
+        >>> y = dnp.gaussian_noise(np.ones(100_000), 0.3, seed=0)
+        >>> round(float(y.mean()), 2), round(float(y.std()), 2)
+        (1.0, 0.3)
+    """
+    fn = "gaussian_noise"
+    x, _ = _check(fn, x, 0.0, training, seed, rng)
+    stddev = v.check_stddev(fn, stddev)
+    if not training or stddev == 0.0 or x.size == 0:
+        return x
+    return _add(x, stddev * _rng.normal_field(x.shape, _seed(seed, rng)))
+
+
+__all__ += ["gaussian_noise"]

@@ -43,3 +43,7 @@ __all__ = [
     "TimestepDropout",
     "WeightDrop",
 ]
+
+from .dropout import GaussianNoise
+
+__all__ += ["GaussianNoise"]

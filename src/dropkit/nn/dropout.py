@@ -287,3 +287,52 @@ class AlphaDropout(_DropoutNd):
     def extra_repr(self) -> str:
         extra = "" if self.noise_shape is None else f", noise_shape={self.noise_shape}"
         return super().extra_repr() + extra
+
+
+class GaussianNoise(torch.nn.Module):
+    """Additive zero-mean Gaussian noise ``N(0, stddev**2)`` in training, the identity in eval
+    (Keras' ``GaussianNoise``); see :func:`dropkit.functional.gaussian_noise`.
+
+    Like the other dropkit modules it registers no parameters or buffers (empty ``state_dict``)
+    and accepts ``seed=``/``generator=`` in ``forward``.
+
+    Args:
+        stddev: Standard deviation of the noise, a finite number ``>= 0`` (validated on every
+            assignment).
+
+    Shape:
+        - Input: ``(*)``. Output: same shape.
+
+    Raises:
+        TypeError, ValueError: At construction (or assignment) for a bad ``stddev``; in
+            ``forward`` as :func:`dropkit.functional.gaussian_noise`.
+
+    Example:
+        >>> import torch, dropkit
+        >>> m = dropkit.nn.GaussianNoise(0.1)
+        >>> m
+        GaussianNoise(stddev=0.1)
+        >>> m(torch.zeros(3), seed=0).shape, m.eval()(torch.ones(2)).tolist()
+        (torch.Size([3]), [1.0, 1.0])
+    """
+
+    def __init__(self, stddev: float) -> None:
+        super().__init__()
+        self.stddev = stddev
+
+    @property
+    def stddev(self) -> float:
+        return self._stddev
+
+    @stddev.setter
+    def stddev(self, value: float) -> None:
+        self._stddev = v.check_stddev(type(self).__name__, value)
+
+    def forward(
+        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return F.gaussian_noise(input, self._stddev, self.training, seed=seed,
+                                generator=generator)
+
+    def extra_repr(self) -> str:
+        return f"stddev={self.stddev}"
