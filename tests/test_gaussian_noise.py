@@ -157,6 +157,8 @@ def test_compile_fullgraph_matches_eager():
     y.sum().backward()
     assert torch.equal(x.grad, torch.ones_like(x))
     assert torch.equal(compiled(x, 18), DF.gaussian_noise(x, 0.4, seed=18))
+    m.stddev = 0.9  # a new stddev reaches the compiled function (it may recompile)
+    assert torch.equal(compiled(x, 18), DF.gaussian_noise(x, 0.9, seed=18))
     m.eval()
     assert torch.equal(torch.compile(m, fullgraph=True, backend="aot_eager")(x), x)
 
