@@ -47,6 +47,14 @@ def _traced_shape(x: Tensor) -> List[int]:
         torch._C._set_tracing_state(state)
 
 
+def is_empty(x: Tensor) -> bool:
+    """``x.numel() == 0``, read as a constant while tracing."""
+    for n in static_shape(x):
+        if n == 0:
+            return True
+    return False
+
+
 def threshold(p: float) -> int:
     """:func:`dropkit.rng.threshold` (TorchScript reads no global constants: 65536 is
     ``rng.LANE_RANGE``)."""
@@ -80,7 +88,7 @@ def rate_dropout(
     """The Bernoulli variants in training (``kind``: ``"inverted"``, ``"unscaled"`` or
     ``"alpha"``) and Gaussian dropout (``"gaussian"``), with the short cuts of
     :mod:`dropkit.functional`: ``p_eff = 0`` returns ``input``, ``p_eff = 1`` draws nothing."""
-    if input.numel() == 0:
+    if is_empty(input):
         return input
     if kind == "gaussian":
         nothing, everything = p == 0.0, p == 1.0
@@ -98,7 +106,7 @@ def rate_dropout(
 def vanilla_eval(input: Tensor, p: float, inplace: bool) -> Tensor:
     """Vanilla dropout at eval time: ``input * (1 - p_eff)``."""
     t = threshold(p)
-    if t == 0 or input.numel() == 0:
+    if t == 0 or is_empty(input):
         return input
     scale = 0.0 if t >= 65536 else 1.0 - t / 65536.0
     return input.mul_(scale) if inplace else input * scale

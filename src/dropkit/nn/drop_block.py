@@ -65,7 +65,7 @@ class _DropBlockNd(_jit.Forward, RateModule):
                              + "D input or an unbatched " + str(dims + 1) + "D input, got a "
                              + str(rank) + "D tensor.")
         p = self._p_value
-        if not self.training or input.numel() == 0 or p == 0.0:
+        if not self.training or _jit.is_empty(input) or p == 0.0:
             return input
         key = _jit.key(seed, generator, p != 1.0)
         out = torch.ops.dropkit.drop_block(input, key, torch.full((), p, dtype=torch.float64),

@@ -385,7 +385,7 @@ def _conv_class(dims: int):
             if torch.jit.is_scripting():
                 raise RuntimeError(jit_name + ": mask='sample' does not run under torch.jit.script "
                                    "(torch.jit.trace it).")
-            if input.numel() == 0:
+            if _jit.is_empty(input):
                 return self._act(self._conv_forward(input, w, b))
             return self._act(self._per_sample_traced(input, seed, generator))
 
