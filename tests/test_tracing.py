@@ -22,7 +22,8 @@ from test_compile import CASES, _randn, _same
 
 # torch 2.13 deprecates torch.jit.script / trace (its warning, not dropkit's).
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.(script|trace|trace_method|script_method|save|load)` is deprecated:DeprecationWarning"
+    "ignore:`torch.jit.(script|trace|trace_method|script_method|save|load)` is deprecated"
+    ":DeprecationWarning"
 )
 
 # What TorchScript cannot run (the module raises a RuntimeError that says so when called).
@@ -127,7 +128,7 @@ def test_torchscript_matches_eager_in_eval_and_train(name, how):
     assert _same(jit(module.eval())(x), module(x))
     assert torch.equal(torch.get_rng_state(), state)  # eval draws nothing
     if how == "script" and name in NOT_SCRIPTED_TRAIN:
-        with pytest.raises(torch.jit.Error, match="does not run under torch.jit.script"):
+        with pytest.raises(torch.jit.Error, match=r"does not run under torch\.jit\.script"):
             jit(module.train())(x)
         return
     _train_equal(jit(module.train()), module, x)

@@ -24,13 +24,12 @@ drawn key is not made rank-dependent under ``torch.distributed``.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
 
 import torch
 from torch import Tensor
 
 
-def static_shape(x: Tensor) -> List[int]:
+def static_shape(x: Tensor) -> list[int]:
     """``x.shape`` as a list of ints; while tracing, read as constants of the trace."""
     if torch.jit.is_scripting():
         return x.shape
@@ -38,7 +37,7 @@ def static_shape(x: Tensor) -> List[int]:
 
 
 @torch.jit.unused
-def _traced_shape(x: Tensor) -> List[int]:
+def _traced_shape(x: Tensor) -> list[int]:
     state = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:
@@ -58,10 +57,10 @@ def is_empty(x: Tensor) -> bool:
 def threshold(p: float) -> int:
     """:func:`dropkit.rng.threshold` (TorchScript reads no global constants: 65536 is
     ``rng.LANE_RANGE``)."""
-    return int(math.floor(p * 65536.0 + 0.5))
+    return math.floor(p * 65536.0 + 0.5)
 
 
-def key(seed: Optional[int], generator: Optional[torch.Generator], draw: bool) -> Tensor:
+def key(seed: int | None, generator: torch.Generator | None, draw: bool) -> Tensor:
     """The Philox key (int64, shape (2,)): from ``seed``, drawn from ``generator`` (torch's
     default CPU generator when ``None``) as :func:`dropkit.functional.draw_key` draws it, or
     zeros when ``draw`` is ``False`` (nothing random is needed)."""
@@ -79,11 +78,11 @@ def key(seed: Optional[int], generator: Optional[torch.Generator], draw: bool) -
 def rate_dropout(
     input: Tensor,
     p: float,
-    noise_shape: List[int],
+    noise_shape: list[int],
     kind: str,
     inplace: bool,
-    seed: Optional[int],
-    generator: Optional[torch.Generator],
+    seed: int | None,
+    generator: torch.Generator | None,
 ) -> Tensor:
     """The Bernoulli variants in training (``kind``: ``"inverted"``, ``"unscaled"`` or
     ``"alpha"``) and Gaussian dropout (``"gaussian"``), with the short cuts of
@@ -138,10 +137,10 @@ class Forward:
     """``forward(input, seed=None, generator=None)``: eager, ``torch.fx`` and TorchScript paths
     (see the module's docs). A subclass defines ``_forward`` (eager) and ``_jit_forward``."""
 
-    __jit_unused_properties__ = ["p"]  # a Python property (validated writes), not TorchScript
+    __jit_unused_properties__ = ("p",)  # a Python property (validated writes), not TorchScript
 
     def forward(
-        self, input: Tensor, seed: Optional[int] = None, generator: Optional[torch.Generator] = None
+        self, input: Tensor, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         if torch.jit.is_scripting() or torch.jit.is_tracing():
             return self._jit_forward(input, static_shape(input), seed, generator)

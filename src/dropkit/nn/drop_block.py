@@ -7,7 +7,6 @@ follow ``train()``/``eval()``, and accept ``seed=``/``generator=`` in ``forward`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -23,7 +22,7 @@ __all__ = ["DropBlock1d", "DropBlock2d", "DropBlock3d"]
 
 class _DropBlockNd(_jit.Forward, RateModule):
     _spatial_dims = 2
-    __constants__ = ["_spatial_dims"]
+    __constants__ = ("_spatial_dims",)
     _function = staticmethod(F.drop_block2d)
 
     def __init__(
@@ -55,9 +54,9 @@ class _DropBlockNd(_jit.Forward, RateModule):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         dims, rank = self._spatial_dims, len(shape)
         if rank != dims + 2 and rank != dims + 1:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as TF
@@ -109,19 +108,19 @@ class _DropConnectMixin(_jit.Forward):
         return y if self.activation is None else self.activation(y)
 
     def _jit_weight(
-        self, n: int, seed: Optional[int], generator: Optional[torch.Generator]
+        self, n: int, seed: int | None, generator: torch.Generator | None
     ) -> Tensor:
         """The dropped weight (``n = 0``: one mask) or ``n`` dropped copies, in TorchScript."""
         w = self.weight
         if n == 0:
             return _jit.rate_dropout(w, self._p_value, _jit.static_shape(w), "inverted", False,
                                      seed, generator)
-        noise = [n] + _jit.static_shape(w)
+        noise = [n] + _jit.static_shape(w)  # noqa: RUF005  (TorchScript: no starred lists)
         return _jit.rate_dropout(w.expand(noise), self._p_value, noise, "inverted", False, seed,
                                  generator)
 
     def _jit_gaussian(
-        self, name: str, input: Tensor, seed: Optional[int], generator: Optional[torch.Generator]
+        self, name: str, input: Tensor, seed: int | None, generator: torch.Generator | None
     ) -> Tensor:
         if torch.jit.is_scripting():
             raise RuntimeError(name + ": inference='gaussian' does not run "
@@ -254,9 +253,9 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, _RateBase):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         w, b = self.weight, self.bias
         if not self.training:
@@ -271,7 +270,7 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, _RateBase):
             n *= size
         ws = self._jit_weight(n, seed, generator)
         x = input.reshape(n, 1, self.in_features)
-        y = torch.bmm(x, ws.transpose(1, 2)).reshape(lead + [self.out_features])
+        y = torch.bmm(x, ws.transpose(1, 2)).reshape(lead + [self.out_features])  # noqa: RUF005
         return self._act(y if b is None else y + b)
 
 
@@ -369,9 +368,9 @@ def _conv_class(dims: int):
         def _jit_forward(
             self,
             input: Tensor,
-            shape: List[int],
-            seed: Optional[int],
-            generator: Optional[torch.Generator],
+            shape: list[int],
+            seed: int | None,
+            generator: torch.Generator | None,
         ) -> Tensor:
             w, b = self.weight, self.bias
             jit_name = "DropConnectConv" + str(len(self.kernel_size)) + "d"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
 from torch import Tensor
 
@@ -59,9 +57,9 @@ class DropPath(_jit.Forward, RateModule):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         if len(shape) == 0:
             raise ValueError("DropPath: expected an input (N, *) with a batch dimension, got a "

@@ -9,7 +9,6 @@ Each module registers no parameters or buffers (its ``state_dict`` is empty, as 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -26,13 +25,13 @@ def _jit_noise_spec(noise_shape: tuple[int | None, ...] | None) -> list[int]:
     return [-2] if noise_shape is None else [-1 if n is None else n for n in noise_shape]
 
 
-def _jit_resolve(name: str, shape: List[int], spec: List[int]) -> List[int]:
+def _jit_resolve(name: str, shape: list[int], spec: list[int]) -> list[int]:
     """:func:`dropkit._validation.resolve_noise_shape` in TorchScript."""
     if len(spec) == 1 and spec[0] == -2:
         return shape
     if len(spec) != len(shape):
         raise ValueError(name + ": `noise_shape` must have one entry per input dimension")
-    out: List[int] = []
+    out: list[int] = []
     for d in range(len(shape)):
         n = spec[d]
         if n != -1 and n != 1 and n != shape[d]:
@@ -60,9 +59,9 @@ class _ModeDropout(_DropoutNd):
     def _jit_drop(
         self,
         input: Tensor,
-        noise: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        noise: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         """:func:`dropkit.functional.dropout` in TorchScript, with the noise shape resolved."""
         inverted = self.mode == "inverted"
@@ -78,7 +77,7 @@ class _ModeDropout(_DropoutNd):
 class _NoiseShaped:
     """The ``noise_shape`` setting (validated on every write), mirrored for TorchScript."""
 
-    __jit_unused_properties__ = ["p", "noise_shape"]
+    __jit_unused_properties__ = ("p", "noise_shape")
 
     @property
     def noise_shape(self) -> tuple[int | None, ...] | None:
@@ -139,9 +138,9 @@ class Dropout(_NoiseShaped, _ModeDropout):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         return self._jit_drop(input, _jit_resolve("Dropout", shape, self._noise_spec), seed,
                               generator)
@@ -154,7 +153,7 @@ class Dropout(_NoiseShaped, _ModeDropout):
 class _SpatialDropout(_ModeDropout):
     _function = staticmethod(F.spatial_dropout2d)
     _spatial_dims = 2
-    __constants__ = ["_spatial_dims"]
+    __constants__ = ("_spatial_dims",)
 
     def __init__(
         self,
@@ -177,9 +176,9 @@ class _SpatialDropout(_ModeDropout):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         dims, rank = self._spatial_dims, len(shape)
         if rank != dims + 2 and rank != dims + 1:
@@ -303,9 +302,9 @@ class TimestepDropout(_ModeDropout):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         if len(shape) < 3:
             raise ValueError("TimestepDropout: expected an input (N, T, *features) of at least 3 "
@@ -338,9 +337,9 @@ class GaussianDropout(_DropoutNd):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         if not self.training:
             return input
@@ -387,9 +386,9 @@ class AlphaDropout(_NoiseShaped, _DropoutNd):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         noise = _jit_resolve("AlphaDropout", shape, self._noise_spec)
         if not self.training:

@@ -32,8 +32,6 @@ True
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -101,9 +99,9 @@ class LockedDropout(_jit.Forward, RateModule):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         if len(shape) < 3:
             raise ValueError("LockedDropout: expected an input of at least 3 dimensions, got a "
@@ -111,7 +109,7 @@ class LockedDropout(_jit.Forward, RateModule):
         if not self.training:
             return input
         axis = 1 if self.batch_first else 0
-        noise = shape[:axis] + [1] + shape[axis + 1:]
+        noise = shape[:axis] + [1] + shape[axis + 1:]  # noqa: RUF005  (TorchScript)
         return _jit.rate_dropout(input, self._p_value, noise, "inverted", False, seed, generator)
 
     def extra_repr(self) -> str:
@@ -197,9 +195,9 @@ class EmbeddingDropout(_jit.Forward, RateModule):
     def _jit_forward(
         self,
         input: Tensor,
-        shape: List[int],
-        seed: Optional[int],
-        generator: Optional[torch.Generator],
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         if not self.training:
             return self.embedding(input)
