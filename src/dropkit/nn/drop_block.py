@@ -14,13 +14,15 @@ from torch import Tensor
 from .. import _drop_block as F
 from .. import _drop_block_numpy as spec
 from .. import _validation as v
+from . import _jit
 from ._rate import RateModule
 
 __all__ = ["DropBlock1d", "DropBlock2d", "DropBlock3d"]
 
 
-class _DropBlockNd(RateModule):
+class _DropBlockNd(_jit.Forward, RateModule):
     _spatial_dims = 2
+    __constants__ = ("_spatial_dims",)
     _function = staticmethod(F.drop_block2d)
 
     def __init__(
@@ -37,18 +39,38 @@ class _DropBlockNd(RateModule):
         name = type(self).__name__
         block = spec.check_block_size(name, block_size, self._spatial_dims)
         self.block_size = block if isinstance(block_size, tuple | list) else block[0]
+        self._block = list(block)  # for TorchScript
         self.inplace = v.check_bool(name, "inplace", inplace)
         spec.check_options(name, per_channel, scale, data_format)
         self.per_channel = per_channel
         self.scale = scale
         self.data_format = data_format
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         return self._function(input, self._rate(), self.block_size, self.training, self.inplace,
                               per_channel=self.per_channel, scale=self.scale,
                               data_format=self.data_format, seed=seed, generator=generator)
+
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        dims, rank = self._spatial_dims, len(shape)
+        if rank != dims + 2 and rank != dims + 1:
+            raise ValueError("DropBlock" + str(dims) + "d: expected a " + str(dims + 2)
+                             + "D input or an unbatched " + str(dims + 1) + "D input, got a "
+                             + str(rank) + "D tensor.")
+        p = self._p_value
+        if not self.training or _jit.is_empty(input) or p == 0.0:
+            return input
+        key = _jit.key(seed, generator, p != 1.0)
+        out = torch.ops.dropkit.drop_block(input, key, torch.full((), p, dtype=torch.float64),
+                                           self._block, self.per_channel, self.scale,
+                                           self.data_format == "channels_last")
+        return input.copy_(out) if self.inplace else out
 
     def extra_repr(self) -> str:
         return (

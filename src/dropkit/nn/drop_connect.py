@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from .. import _validation as v
 from .. import rng
 from .._drop_connect import drop_connect, sample_weights
+from . import _jit
 from ._rate import RateModule
 
 MASKS = ("batch", "sample")
@@ -69,7 +70,7 @@ def _check_n_samples(name: str, n_samples: object) -> int:
     return int(n_samples)
 
 
-class _DropConnectMixin:
+class _DropConnectMixin(_jit.Forward):
     """Shared settings, checks and inference for the DropConnect layers."""
 
     def _copy_parameters(self, module: nn.Module):
@@ -105,6 +106,32 @@ class _DropConnectMixin:
 
     def _act(self, y: Tensor) -> Tensor:
         return y if self.activation is None else self.activation(y)
+
+    def _jit_weight(
+        self, n: int, seed: int | None, generator: torch.Generator | None
+    ) -> Tensor:
+        """The dropped weight (``n = 0``: one mask) or ``n`` dropped copies, in TorchScript."""
+        w = self.weight
+        if n == 0:
+            return _jit.rate_dropout(w, self._p_value, _jit.static_shape(w), "inverted", False,
+                                     seed, generator)
+        noise = [n] + _jit.static_shape(w)  # noqa: RUF005  (TorchScript: no starred lists)
+        return _jit.rate_dropout(w.expand(noise), self._p_value, noise, "inverted", False, seed,
+                                 generator)
+
+    def _jit_gaussian(
+        self, name: str, input: Tensor, seed: int | None, generator: torch.Generator | None
+    ) -> Tensor:
+        if torch.jit.is_scripting():
+            raise RuntimeError(name + ": inference='gaussian' does not run "
+                               "under torch.jit.script (torch.jit.trace it, or use "
+                               "inference='mean').")
+        return self._traced(input, seed, generator)
+
+    @torch.jit.unused
+    def _traced(self, input, seed, generator):
+        """Under ``torch.jit.trace``: the eager code, which records plain torch ops here."""
+        return self._forward(input, seed, generator)
 
     def _gaussian(self, mu: Tensor, var_unit: Callable[[], Tensor], seed, generator) -> Tensor:
         """Average of ``activation(mu + sigma * eps)``; ``var_unit()`` is ``(W^2)(x^2)``."""
@@ -206,9 +233,7 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, _RateBase):
     def _bias_axis(self, mu: Tensor) -> int:
         return mu.dim() - 1
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         self._check_call(seed, generator)
         w, b = self.weight, self.bias
         if not self.training:
@@ -223,6 +248,29 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, _RateBase):
         x = input.reshape(-1, 1, self.in_features)  # (M, 1, in)
         ws = sample_weights(w, x.shape[0], self._rate(), seed=seed, generator=generator)
         y = torch.bmm(x, ws.transpose(1, 2)).reshape(*lead, self.out_features)
+        return self._act(y if b is None else y + b)
+
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        w, b = self.weight, self.bias
+        if not self.training:
+            if self.inference == "mean":
+                return self._act(TF.linear(input, w, b))
+            return self._jit_gaussian("DropConnectLinear", input, seed, generator)
+        if self.mask == "batch":
+            return self._act(TF.linear(input, self._jit_weight(0, seed, generator), b))
+        lead = shape[:-1]
+        n = 1
+        for size in lead:
+            n *= size
+        ws = self._jit_weight(n, seed, generator)
+        x = input.reshape(n, 1, self.in_features)
+        y = torch.bmm(x, ws.transpose(1, 2)).reshape(lead + [self.out_features])  # noqa: RUF005
         return self._act(y if b is None else y + b)
 
 
@@ -278,8 +326,12 @@ def _conv_class(dims: int):
         def _per_sample(self, input: Tensor, seed, generator) -> Tensor:
             unbatched = input.dim() == dims + 1
             x = input.unsqueeze(0) if unbatched else input
-            n = x.shape[0]
-            ws = sample_weights(self.weight, n, self._rate(), seed=seed, generator=generator)
+            if torch.jit.is_tracing():
+                n = _jit.static_shape(x)[0]
+                ws = self._jit_weight(n, seed, generator)
+            else:
+                n = x.shape[0]
+                ws = sample_weights(self.weight, n, self._rate(), seed=seed, generator=generator)
             ws = ws.reshape(n * self.out_channels, *self.weight.shape[1:])
             if self.padding_mode != "zeros":
                 x = TF.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -292,13 +344,11 @@ def _conv_class(dims: int):
             y = y.reshape(n, self.out_channels, *y.shape[2:])
             return y.squeeze(0) if unbatched else y
 
-        def forward(
-            self,
-            input: Tensor,
-            *,
-            seed: int | None = None,
-            generator: torch.Generator | None = None,
-        ) -> Tensor:
+        @torch.jit.unused
+        def _per_sample_traced(self, input, seed, generator):
+            return self._per_sample(input, seed, generator)
+
+        def _forward(self, input, seed, generator):
             self._check_call(seed, generator)
             w, b = self.weight, self.bias
             if not self.training:
@@ -314,6 +364,29 @@ def _conv_class(dims: int):
             if input.numel() == 0:
                 return self._act(self._conv_forward(input, w, b))
             return self._act(self._per_sample(input, seed, generator))
+
+        def _jit_forward(
+            self,
+            input: Tensor,
+            shape: list[int],
+            seed: int | None,
+            generator: torch.Generator | None,
+        ) -> Tensor:
+            w, b = self.weight, self.bias
+            jit_name = "DropConnectConv" + str(len(self.kernel_size)) + "d"
+            if not self.training:
+                if self.inference == "mean":
+                    return self._act(self._conv_forward(input, w, b))
+                return self._jit_gaussian(jit_name, input, seed, generator)
+            if self.mask == "batch":
+                return self._act(self._conv_forward(input, self._jit_weight(0, seed, generator),
+                                                    b))
+            if torch.jit.is_scripting():
+                raise RuntimeError(jit_name + ": mask='sample' does not run under torch.jit.script "
+                                   "(torch.jit.trace it).")
+            if _jit.is_empty(input):
+                return self._act(self._conv_forward(input, w, b))
+            return self._act(self._per_sample_traced(input, seed, generator))
 
     DropConnectConv.__name__ = DropConnectConv.__qualname__ = name
     DropConnectConv.__doc__ = f"""``nn.{base.__name__}`` with DropConnect on its weight

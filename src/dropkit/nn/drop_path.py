@@ -7,10 +7,11 @@ from torch import Tensor
 
 from .. import _validation as v
 from .. import functional as F
+from . import _jit
 from ._rate import RateModule
 
 
-class DropPath(RateModule):
+class DropPath(_jit.Forward, RateModule):
     """Drop whole samples (``mode="row"``) or the whole batch (``mode="batch"``) of a residual
     branch; see :func:`dropkit.functional.drop_path`.
 
@@ -48,12 +49,26 @@ class DropPath(RateModule):
         self.scale_by_keep = v.check_bool(name, "scale_by_keep", scale_by_keep)
         self.sync_ranks = v.check_bool(name, "sync_ranks", sync_ranks)
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         return F.drop_path(input, self._rate(), self.training, mode=self.mode,
                            scale_by_keep=self.scale_by_keep, sync_ranks=self.sync_ranks,
                            seed=seed, generator=generator)
+
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        if len(shape) == 0:
+            raise ValueError("DropPath: expected an input (N, *) with a batch dimension, got a "
+                             "0D tensor.")
+        if not self.training:
+            return input
+        noise = [shape[0] if self.mode == "row" else 1] + [1] * (len(shape) - 1)
+        kind = "inverted" if self.scale_by_keep else "unscaled"
+        return _jit.rate_dropout(input, self._p_value, noise, kind, False, seed, generator)
 
     def extra_repr(self) -> str:
         extra = ", sync_ranks=True" if self.sync_ranks else ""

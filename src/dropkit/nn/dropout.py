@@ -15,10 +15,32 @@ from torch import Tensor
 
 from .. import _validation as v
 from .. import functional as F
+from . import _jit
 from ._rate import RateModule
 
 
-class _DropoutNd(RateModule):
+def _jit_noise_spec(noise_shape: tuple[int | None, ...] | None) -> list[int]:
+    """``noise_shape`` for TorchScript: ``-1`` for ``None`` entries, ``[-2]`` for no
+    ``noise_shape`` (the input's shape)."""
+    return [-2] if noise_shape is None else [-1 if n is None else n for n in noise_shape]
+
+
+def _jit_resolve(name: str, shape: list[int], spec: list[int]) -> list[int]:
+    """:func:`dropkit._validation.resolve_noise_shape` in TorchScript."""
+    if len(spec) == 1 and spec[0] == -2:
+        return shape
+    if len(spec) != len(shape):
+        raise ValueError(name + ": `noise_shape` must have one entry per input dimension")
+    out: list[int] = []
+    for d in range(len(shape)):
+        n = spec[d]
+        if n != -1 and n != 1 and n != shape[d]:
+            raise ValueError(name + ": `noise_shape` does not fit the input's shape")
+        out.append(shape[d] if n == -1 else n)
+    return out
+
+
+class _DropoutNd(_jit.Forward, RateModule):
     """Shared settings: ``p`` and ``inplace``, checked at construction."""
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
@@ -34,11 +56,40 @@ class _ModeDropout(_DropoutNd):
         super().__init__(p, inplace)
         self.mode = v.check_choice(type(self).__name__, "mode", mode, v.MODES)
 
+    def _jit_drop(
+        self,
+        input: Tensor,
+        noise: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """:func:`dropkit.functional.dropout` in TorchScript, with the noise shape resolved."""
+        inverted = self.mode == "inverted"
+        if not self.training:
+            return input if inverted else _jit.vanilla_eval(input, self._p_value, self.inplace)
+        return _jit.rate_dropout(input, self._p_value, noise, "inverted" if inverted else
+                                 "unscaled", self.inplace, seed, generator)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={self.mode!r}"
 
 
-class Dropout(_ModeDropout):
+class _NoiseShaped:
+    """The ``noise_shape`` setting (validated on every write), mirrored for TorchScript."""
+
+    __jit_unused_properties__ = ("p", "noise_shape")
+
+    @property
+    def noise_shape(self) -> tuple[int | None, ...] | None:
+        return self._noise_shape
+
+    @noise_shape.setter
+    def noise_shape(self, value: Sequence[int | None] | None) -> None:
+        self._noise_shape = v.check_noise_shape(type(self).__name__, value)
+        self._noise_spec = _jit_noise_spec(self._noise_shape)
+
+
+class Dropout(_NoiseShaped, _ModeDropout):
     """Zero each element (or each ``noise_shape`` cell) with probability ``p``.
 
     See :func:`dropkit.functional.dropout` for the arguments, ``mode`` and ``noise_shape``
@@ -78,13 +129,21 @@ class Dropout(_ModeDropout):
         noise_shape: Sequence[int | None] | None = None,
     ) -> None:
         super().__init__(p, inplace, mode=mode)
-        self.noise_shape = v.check_noise_shape(type(self).__name__, noise_shape)
+        self.noise_shape = noise_shape
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         return F.dropout(input, self._rate(), self.training, self.inplace, mode=self.mode,
                          noise_shape=self.noise_shape, seed=seed, generator=generator)
+
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        return self._jit_drop(input, _jit_resolve("Dropout", shape, self._noise_spec), seed,
+                              generator)
 
     def extra_repr(self) -> str:
         extra = "" if self.noise_shape is None else f", noise_shape={self.noise_shape}"
@@ -93,6 +152,8 @@ class Dropout(_ModeDropout):
 
 class _SpatialDropout(_ModeDropout):
     _function = staticmethod(F.spatial_dropout2d)
+    _spatial_dims = 2
+    __constants__ = ("_spatial_dims",)
 
     def __init__(
         self,
@@ -107,12 +168,29 @@ class _SpatialDropout(_ModeDropout):
             type(self).__name__, "data_format", data_format, v.DATA_FORMATS
         )
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         return self._function(input, self._rate(), self.training, self.inplace,
                               data_format=self.data_format, mode=self.mode, seed=seed,
                               generator=generator)
+
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        dims, rank = self._spatial_dims, len(shape)
+        if rank != dims + 2 and rank != dims + 1:
+            raise ValueError("SpatialDropout" + str(dims) + "d: expected a " + str(dims + 2)
+                             + "D input or an unbatched " + str(dims + 1) + "D input, got a "
+                             + str(rank) + "D tensor.")
+        lead = rank - dims - 1  # 1 when batched, 0 when unbatched
+        if self.data_format == "channels_first":
+            noise = shape[: lead + 1] + [1] * dims
+        else:
+            noise = shape[:lead] + [1] * dims + [shape[rank - 1]]
+        return self._jit_drop(input, noise, seed, generator)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, data_format={self.data_format!r}"
@@ -143,6 +221,7 @@ class SpatialDropout1d(_SpatialDropout):
     """
 
     _function = staticmethod(F.spatial_dropout1d)
+    _spatial_dims = 1
 
 
 class SpatialDropout2d(_SpatialDropout):
@@ -168,6 +247,7 @@ class SpatialDropout2d(_SpatialDropout):
     """
 
     _function = staticmethod(F.spatial_dropout2d)
+    _spatial_dims = 2
 
 
 class SpatialDropout3d(_SpatialDropout):
@@ -192,6 +272,7 @@ class SpatialDropout3d(_SpatialDropout):
     """
 
     _function = staticmethod(F.spatial_dropout3d)
+    _spatial_dims = 3
 
 
 class TimestepDropout(_ModeDropout):
@@ -214,11 +295,21 @@ class TimestepDropout(_ModeDropout):
         True
     """
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         return F.timestep_dropout(input, self._rate(), self.training, self.inplace, mode=self.mode,
                                   seed=seed, generator=generator)
+
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        if len(shape) < 3:
+            raise ValueError("TimestepDropout: expected an input (N, T, *features) of at least 3 "
+                             "dimensions, got a " + str(len(shape)) + "D tensor.")
+        return self._jit_drop(input, shape[:2] + [1] * (len(shape) - 2), seed, generator)
 
 
 class GaussianDropout(_DropoutNd):
@@ -239,14 +330,24 @@ class GaussianDropout(_DropoutNd):
         [1.0, 1.0, 1.0]
     """
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         return F.gaussian_dropout(input, self._rate(), self.training, self.inplace, seed=seed,
                                   generator=generator)
 
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        if not self.training:
+            return input
+        return _jit.rate_dropout(input, self._p_value, shape, "gaussian", self.inplace, seed,
+                                 generator)
 
-class AlphaDropout(_DropoutNd):
+
+class AlphaDropout(_NoiseShaped, _DropoutNd):
     """Alpha dropout for SELU networks; see :func:`dropkit.functional.alpha_dropout`.
     ``noise_shape`` (as in :class:`Dropout`) shares decisions over axes: ``(None, None, 1, 1)``
     on ``(N, C, H, W)`` is torch's ``FeatureAlphaDropout``.
@@ -276,13 +377,24 @@ class AlphaDropout(_DropoutNd):
         noise_shape: Sequence[int | None] | None = None,
     ) -> None:
         super().__init__(p, inplace)
-        self.noise_shape = v.check_noise_shape(type(self).__name__, noise_shape)
+        self.noise_shape = noise_shape
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         return F.alpha_dropout(input, self._rate(), self.training, self.inplace,
                                noise_shape=self.noise_shape, seed=seed, generator=generator)
+
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        noise = _jit_resolve("AlphaDropout", shape, self._noise_spec)
+        if not self.training:
+            return input
+        return _jit.rate_dropout(input, self._p_value, noise, "alpha", self.inplace, seed,
+                                 generator)
 
     def extra_repr(self) -> str:
         extra = "" if self.noise_shape is None else f", noise_shape={self.noise_shape}"

@@ -39,12 +39,13 @@ from .. import _validation as v
 from .. import functional as F
 from .. import rng
 from ..kernels import torch_ref
+from . import _jit
 from ._rate import RateModule
 
 __all__ = ["EmbeddingDropout", "LockedDropout"]
 
 
-class LockedDropout(RateModule):
+class LockedDropout(_jit.Forward, RateModule):
     """Variational dropout: one mask per sequence, shared by all timesteps.
 
     Input ``(N, T, *features)`` when ``batch_first`` (noise shape ``(N, 1, *features)``) or
@@ -81,9 +82,7 @@ class LockedDropout(RateModule):
         super().__init__(p)
         self.batch_first = v.check_bool(type(self).__name__, "batch_first", batch_first)
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         if isinstance(input, Tensor) and input.dim() < 3:
             layout = "(N, T, *features)" if self.batch_first else "(T, N, *features)"
             raise ValueError(
@@ -97,11 +96,27 @@ class LockedDropout(RateModule):
         return F.dropout(input, self._rate(), self.training, noise_shape=shape, seed=seed,
                          generator=generator)
 
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        if len(shape) < 3:
+            raise ValueError("LockedDropout: expected an input of at least 3 dimensions, got a "
+                             + str(len(shape)) + "D tensor.")
+        if not self.training:
+            return input
+        axis = 1 if self.batch_first else 0
+        noise = shape[:axis] + [1] + shape[axis + 1:]  # noqa: RUF005  (TorchScript)
+        return _jit.rate_dropout(input, self._p_value, noise, "inverted", False, seed, generator)
+
     def extra_repr(self) -> str:
         return f"p={self.p}, batch_first={self.batch_first}"
 
 
-class EmbeddingDropout(RateModule):
+class EmbeddingDropout(_jit.Forward, RateModule):
     """Word-type dropout on an ``nn.Embedding``: per sequence, drop every occurrence of a token.
 
     For an index input ``(N, T)``, each (sequence, token id) pair is kept or dropped as a whole
@@ -161,9 +176,7 @@ class EmbeddingDropout(RateModule):
         self._check_input(input, seed, generator)
         return self._keep(input, F.draw_key(seed, generator), self._threshold())
 
-    def forward(
-        self, input: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def _forward(self, input, seed, generator):
         self._check_input(input, seed, generator)
         rate = self._rate()
         emb = self.embedding(input)
@@ -178,6 +191,25 @@ class EmbeddingDropout(RateModule):
             scale = rng.inverted_scale(t)
         return torch.where(keep.unsqueeze(-1), emb * scale, torch.zeros((), dtype=emb.dtype,
                                                                          device=emb.device))
+
+    def _jit_forward(
+        self,
+        input: Tensor,
+        shape: list[int],
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        if not self.training:
+            return self.embedding(input)
+        if torch.jit.is_scripting():
+            raise RuntimeError("EmbeddingDropout: training mode does not run under "
+                               "torch.jit.script (torch.jit.trace it, or script it in eval).")
+        return self._traced_forward(input, seed, generator)
+
+    @torch.jit.unused
+    def _traced_forward(self, input, seed, generator):
+        """Under ``torch.jit.trace``: the eager code records plain torch ops."""
+        return self._forward(input, seed, generator)
 
     def _threshold(self) -> int | Tensor:
         rate = self._rate()

@@ -20,9 +20,11 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module
 
 from .. import _validation as v
 from .. import functional as F
+from . import _jit
 from ._rate import RateModule
 
 __all__ = ["WeightDrop"]
@@ -113,11 +115,16 @@ class WeightDrop(RateModule):
         ``dropped_weights(seed=s)``."""
         params = dict(self.module.named_parameters())
         raw = [params[name] for name in self.names]
+        if torch.jit.is_tracing():  # the custom op, as TorchScript modules call it
+            def drop(w: Tensor) -> Tensor:
+                return _jit.rate_dropout(w, self.p, _jit.static_shape(w), "inverted", False,
+                                         seed, generator)
+        else:
+            def drop(w: Tensor) -> Tensor:
+                return F.dropout(w, self._rate(), True, seed=seed, generator=generator)
         if len(raw) == 1:
-            return {self.names[0]: F.dropout(raw[0], self._rate(), True, seed=seed,
-                                             generator=generator)}
-        flat = torch.cat([w.reshape(-1) for w in raw])
-        dropped = F.dropout(flat, self._rate(), True, seed=seed, generator=generator)
+            return {self.names[0]: drop(raw[0])}
+        dropped = drop(torch.cat([w.reshape(-1) for w in raw]))
         chunks = torch.split(dropped, [w.numel() for w in raw])
         return {name: c.reshape(w.shape).to(w.dtype)
                 for name, c, w in zip(self.names, chunks, raw, strict=True)}
@@ -125,10 +132,16 @@ class WeightDrop(RateModule):
     def forward(
         self, *args, seed: int | None = None, generator: torch.Generator | None = None, **kwargs
     ):
+        traced = _jit.fx_call(self, args, dict(kwargs, seed=seed, generator=generator))
+        if traced is not None:  # torch.fx: one call_module node, as for the other modules
+            return traced
         v.check_seed(type(self).__name__, seed, generator)
         if not self.training:
             return self.module(*args, **kwargs)
         weights = self.dropped_weights(seed=seed, generator=generator)
+        if torch.jit.is_tracing():  # functional_call refuses to run under torch.jit.trace
+            with _reparametrize_module(self.module, weights):
+                return self.module(*args, **kwargs)
         return functional_call(self.module, weights, args, kwargs)
 
     def plain_state_dict(self) -> dict[str, Tensor]:
