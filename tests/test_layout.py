@@ -166,13 +166,14 @@ def test_large_channels_last_inputs_take_the_parallel_kernels(backend):
 @pytest.mark.parametrize("kind", ["channels_last", "permuted", "sliced"])
 def test_fake_impls_give_the_eager_strides(name, kind):
     """Compiled and exported graphs see the fake impls' strides: they must be eager's."""
-    op = OPS[name][0]
+    op, torch_op = OPS[name]
     for shape in ((2, 3, 4, 5), (2, 3, 2, 4, 3)):
         x = _layout(_randn(shape), kind, (2, 0, 3, 1) if len(shape) == 4 else (4, 1, 0, 3, 2))
         eager = op(x, 5)
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             fake = op(mode.from_tensor(x), 5)
         assert fake.stride() == eager.stride(), (name, kind, fake.stride(), eager.stride())
+        assert _same_layout(fake, torch_op(x)), (name, kind, fake.stride())
 
 
 # Inductor's first compile imports code that uses the deprecated torch.jit.script_method.
