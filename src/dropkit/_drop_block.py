@@ -171,10 +171,37 @@ def _without_rng(x: Tensor, cal) -> Tensor | None:
     """The result when no random number is needed (empty input, ``p = 0``, or ``p = 1``: every
     start is a seed), else ``None``."""
     if x.numel() == 0 or cal.threshold == 0:
-        return x.clone(memory_format=torch.contiguous_format)
+        return x.clone()
     if cal.threshold >= spec.WORD_RANGE:
-        return torch.zeros_like(x, memory_format=torch.contiguous_format)
+        return torch.zeros_like(x)
     return None
+
+
+def _flipped_order(rank: int, spatial_dims: int, channels_last: bool) -> tuple[int, ...]:
+    """The memory order that stores an input of ``data_format`` ``channels_last`` as the other
+    data format (e.g. a ``(N, C, H, W)`` tensor in ``torch.channels_last``)."""
+    lead = (0,) if rank == spatial_dims + 2 else ()
+    first = len(lead)
+    if channels_last:
+        return (*lead, rank - 1, *range(first, rank - 1))
+    return (*lead, *range(first + 1, rank), first)
+
+
+def _drop_block(x, key, p, block_size, per_channel, scale, channels_last) -> Tensor:
+    """The op on ``x`` read in logical order: a row-major result."""
+    spatial_dims = len(block_size)
+    n, c, spatial = spec.layout(tuple(x.shape), spatial_dims, channels_last)
+    cal = spec.calibrate(spatial, tuple(block_size), _ops.read_rate(p))
+    trivial = _without_rng(x, cal)
+    if trivial is not None:
+        return trivial.contiguous()
+    k0, k1 = _ops._key(key)
+    backend = _numba() if x.device.type == "cpu" else None
+    if backend is None and kernels.uses_triton(x.device):  # CUDA tensors, triton importable
+        from .kernels import triton_drop_block as backend
+    if backend is not None:
+        return backend.apply(x, (k0, k1), cal, n, c, spatial, per_channel, scale, channels_last)
+    return _torch_path(x, (k0, k1), cal, n, c, spatial, per_channel, scale, channels_last)
 
 
 @torch.library.custom_op("dropkit::drop_block", mutates_args=())
@@ -187,24 +214,23 @@ def drop_block_op(
     scale: str,
     channels_last: bool,
 ) -> Tensor:
-    spatial_dims = len(block_size)
-    n, c, spatial = spec.layout(tuple(x.shape), spatial_dims, channels_last)
-    cal = spec.calibrate(spatial, tuple(block_size), _ops.read_rate(p))
-    trivial = _without_rng(x, cal)
-    if trivial is not None:
-        return trivial
-    k0, k1 = _ops._key(key)
-    backend = _numba() if x.device.type == "cpu" else None
-    if backend is None and kernels.uses_triton(x.device):  # CUDA tensors, triton importable
-        from .kernels import triton_drop_block as backend
-    if backend is not None:
-        return backend.apply(x, (k0, k1), cal, n, c, spatial, per_channel, scale, channels_last)
-    return _torch_path(x, (k0, k1), cal, n, c, spatial, per_channel, scale, channels_last)
+    """DropBlock of ``x``; the result has x's memory format. An input stored as the other data
+    format (``torch.channels_last`` memory for channels-first data, ...) is computed on its
+    contiguous memory-order view as that data format (the mask depends only on the logical
+    channels-first view, so the bits are the same); other layouts through a row-major copy."""
+    args = (key, p, block_size, per_channel, scale)
+    order = torch_ref.physical_order(x)
+    if order is None:
+        return _drop_block(x, *args, channels_last)
+    if order == _flipped_order(x.dim(), len(block_size), channels_last):
+        out = _drop_block(x.permute(order), *args, not channels_last)
+        return out.permute(torch_ref.inverse(order))
+    return torch.empty_like(x).copy_(_drop_block(x, *args, channels_last))
 
 
 @drop_block_op.register_fake
 def _(x, key, p, block_size, per_channel, scale, channels_last):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x)
 
 
 def _setup(ctx, inputs, output):
@@ -254,12 +280,13 @@ def drop_block_at_op(
     ct = torch_ref.compute_dtype(x.dtype)
     factor = (torch.tensor(spec.expected_scale(cal), dtype=ct, device=x.device)
               if scale == "expected" else None)
-    return _apply_torch(x, keep, factor, channels_last, spatial_dims)
+    out = _apply_torch(x, keep, factor, channels_last, spatial_dims)
+    return torch_ref.like_memory_format(out, x)
 
 
 @drop_block_at_op.register_fake
 def _(x, key, p, block_size, per_channel, scale, channels_last, global_shape, offset):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x)
 
 
 def _backward_at(ctx, grad):
@@ -344,7 +371,8 @@ def _make(spatial_dims: int):
         - channels_first: ``(N, C, {axes})`` batched or ``(C, {axes})`` unbatched (masked as
           a batch of one).
         - channels_last: ``(N, {axes}, C)`` batched or ``({axes}, C)`` unbatched.
-        - Any other rank is a ``ValueError``. Output: same shape as input, contiguous.
+        - Any other rank is a ``ValueError``. Output: same shape as input, in its memory
+          format (``torch.channels_last`` stays so).
 
     Raises:
         TypeError: A non-floating ``input``, a non-real ``p``, non-bool ``training``,

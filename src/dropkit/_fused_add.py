@@ -104,8 +104,6 @@ def _masked_grad(grad, key, threshold, scale, p, noise_shape, kind) -> Tensor:
     return _ops.masked_affine(grad, key, threshold, list(noise_shape), scale, 0.0, 0.0)
 
 
-def _empty(x: Tensor) -> Tensor:
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("dropkit::bias_dropout_add", mutates_args=())
@@ -124,12 +122,13 @@ def bias_dropout_add_op(
     if out is not None:
         return out
     h = x if bias is None else x + bias
-    return (residual + _ops.masked_affine(h, key, t, list(x.shape), scale, 0.0, 0.0)).contiguous()
+    return residual + _ops.masked_affine(h, key, t, list(x.shape), scale, 0.0, 0.0)
 
 
 @bias_dropout_add_op.register_fake
 def _(x, bias, residual, key, threshold, scale, p):
-    return _empty(x)
+    # the strides of the composition (the definition): its ops on fake tensors
+    return residual + torch.empty_like(x if bias is None else x + bias)
 
 
 def _bias_dropout_add_setup(ctx, inputs, output):
@@ -180,7 +179,7 @@ def bias_dropout_add_backward(
 
 @bias_dropout_add_backward.register_fake
 def _(grad, key, threshold, scale, p, bias_shape):
-    return _empty(grad), grad.new_empty(bias_shape)
+    return torch.empty_like(grad), grad.new_empty(bias_shape)
 
 
 def _backward_setup(ctx, inputs, output):
@@ -221,12 +220,12 @@ def drop_path_add_op(
         else None
     if out is not None:
         return out
-    return (residual + _ops.masked_affine(x, key, t, noise_shape, scale, 0.0, 0.0)).contiguous()
+    return residual + _ops.masked_affine(x, key, t, noise_shape, scale, 0.0, 0.0)
 
 
 @drop_path_add_op.register_fake
 def _(x, residual, key, threshold, scale, p, noise_shape, kind):
-    return _empty(x)
+    return residual + torch.empty_like(x)  # the composition's strides
 
 
 def _drop_path_add_setup(ctx, inputs, output):

@@ -21,7 +21,11 @@ see one opaque, well-described operation per call instead of Python control flow
   op turns ``p`` into ``(threshold, scale, shift, fill)`` with :func:`dropkit.rng.affine_params`,
   the same arithmetic as the float path.
 
-The output of the out-of-place ops is always contiguous.
+Outputs keep the input's memory format, as ``torch.empty_like(x)`` (``torch.preserve_format``)
+and torch's own dropout do: a ``channels_last`` (or ``channels_last_3d``, or any dense permuted)
+``x`` gives an output with ``x``'s strides, a non-dense ``x`` one in its suggested memory format;
+a gradient has the layout of the incoming gradient. The values do not depend on the layout: the
+field stays indexed by the logical row-major position (docs/rng.md).
 
 :func:`masked_affine_eager` is how :mod:`dropkit.functional` calls ``masked_affine``: in plain
 eager mode it runs the same code through a ``torch.autograd.Function``, which skips the custom-op
@@ -51,7 +55,7 @@ def _key(key: Tensor) -> tuple[int, int]:
 
 def _masked_affine(x, key, threshold, noise_shape, scale, shift, fill) -> Tensor:
     if threshold >= rng.LANE_RANGE:
-        return torch.full_like(x, fill, memory_format=torch.contiguous_format)
+        return torch.full_like(x, fill)
     backend = kernels.for_device(x.device)
     return backend.apply(x, _key(key), threshold, tuple(noise_shape), scale, shift, fill)
 
@@ -71,7 +75,7 @@ def masked_affine(
 
 @masked_affine.register_fake
 def _(x, key, threshold, noise_shape, scale, shift, fill):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x)
 
 
 def _masked_affine_setup(ctx, inputs, output):
@@ -145,7 +149,7 @@ def masked_affine_(
         return
     backend = kernels.for_device(x.device)
     args = (_key(key), threshold, tuple(noise_shape), scale, shift, fill)
-    if x.is_contiguous():
+    if torch_ref.is_dense(x):  # any memory format: written through x's own layout
         backend.apply(x, *args, out=x)
     else:
         x.copy_(backend.apply(x, *args))
@@ -168,7 +172,7 @@ def masked_affine_at(
     fill: float,
 ) -> Tensor:
     if threshold >= rng.LANE_RANGE:
-        return torch.full_like(x, fill, memory_format=torch.contiguous_format)
+        return torch.full_like(x, fill)
     index = torch_ref.field_index(tuple(x.shape), tuple(field_shape), tuple(offset), x.device)
     keep = torch_ref.lanes_at(_key(key), index) >= threshold
     return torch_ref.apply_keep(x, keep, scale, shift, fill)
@@ -176,7 +180,7 @@ def masked_affine_at(
 
 @masked_affine_at.register_fake
 def _(x, key, threshold, field_shape, offset, scale, shift, fill):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x)
 
 
 def _masked_affine_at_setup(ctx, inputs, output):
@@ -232,7 +236,7 @@ def masked_affine_bits(
 @masked_affine_bits.register_fake
 def _(x, key, threshold, noise_shape, scale, shift, fill):
     bits = x.new_empty(-(-math.prod(noise_shape) // 8), dtype=torch.uint8)
-    return torch.empty_like(x, memory_format=torch.contiguous_format), bits
+    return torch.empty_like(x), bits
 
 
 def _bits_setup(ctx, inputs, output):
@@ -261,12 +265,13 @@ def gaussian_mul(x: Tensor, key: Tensor, std: float) -> Tensor:
         return out
     z = backend.normal_field(_key(key), x.numel(), device=x.device).reshape(x.shape)
     ct = torch_ref.compute_dtype(x.dtype)
-    return (x.to(ct) * (1.0 + std * z).to(ct)).to(x.dtype).contiguous()
+    return torch_ref.in_memory_order(
+        lambda xv, zv: (xv.to(ct) * (1.0 + std * zv).to(ct)).to(x.dtype), x, z)
 
 
 @gaussian_mul.register_fake
 def _(x, key, std):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x)
 
 
 def _gaussian_setup(ctx, inputs, output):
@@ -296,7 +301,7 @@ def rate_op(x: Tensor, key: Tensor, p: Tensor, noise_shape: list[int], kind: str
     rate = read_rate(p)
     if kind == "gaussian":
         if rate == 1.0:
-            return torch.zeros_like(x, memory_format=torch.contiguous_format)
+            return torch.zeros_like(x)
         return gaussian_mul(x, key, math.sqrt(rate / (1.0 - rate)))
     t, scale, shift, fill = rng.affine_params(kind, rate)
     return masked_affine(x, key, t, noise_shape, scale, shift, fill)
@@ -304,7 +309,7 @@ def rate_op(x: Tensor, key: Tensor, p: Tensor, noise_shape: list[int], kind: str
 
 @rate_op.register_fake
 def _(x, key, p, noise_shape, kind):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x)
 
 
 @torch.library.custom_op("dropkit::rate_op_backward", mutates_args=())
@@ -321,7 +326,7 @@ def rate_op_backward(
 
 @rate_op_backward.register_fake
 def _(grad, key, p, noise_shape, kind):
-    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+    return torch.empty_like(grad)
 
 
 def _rate_setup(ctx, inputs, output):

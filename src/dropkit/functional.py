@@ -21,7 +21,9 @@ Conventions shared by all functions:
 * ``seed`` (an int in ``[0, 2**64)``) fixes the mask; otherwise a 64-bit seed is drawn from
   ``generator`` (default: torch's default CPU generator), so ``torch.manual_seed`` makes runs
   reproducible.
-* Accepted dtypes: float16, bfloat16, float32, float64. Out-of-place results are contiguous.
+* Accepted dtypes: float16, bfloat16, float32, float64. Results keep the input's memory
+  format, as torch's dropout does (``torch.preserve_format``: ``channels_last`` stays
+  ``channels_last``), with the values of the contiguous computation.
 """
 
 from __future__ import annotations

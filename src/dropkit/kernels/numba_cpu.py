@@ -296,7 +296,8 @@ def _broadcast_range(x, out, keep, sizes, field_strides, r_start, r_stop, scale,
                      inplace):
     """Rows ``r_start ... r_stop - 1`` of :func:`_broadcast`."""
     row_len = sizes[-1]
-    shared = field_strides[-1] == 0
+    step = field_strides[-1]  # the field's stride along a row: 0 (shared), 1 or more
+    shared = step == 0
     k_len = 1 if shared else row_len
     row = r_start
     while row < r_stop:
@@ -304,7 +305,11 @@ def _broadcast_range(x, out, keep, sizes, field_strides, r_start, r_stop, scale,
         stop = _run_end(row, r_stop, keep, base, sizes, field_strides, shared and not inplace)
         i0, i1 = row * row_len, stop * row_len
         xs = x[i0:i1].copy() if inplace else x[i0:i1]
-        _apply_row(xs, out[i0:i1], keep[base:base + k_len], shared, scale, shift, fill)
+        if step > 1:  # the field is not row-major in memory order (channels_last, ...)
+            ks = keep[base:base + step * (row_len - 1) + 1:step]
+            _apply_row(xs, out[i0:i1], ks, False, scale, shift, fill)
+        else:
+            _apply_row(xs, out[i0:i1], keep[base:base + k_len], shared, scale, shift, fill)
         row = stop
 
 
@@ -313,7 +318,8 @@ def _broadcast_range_half(x, out, keep, sizes, field_strides, r_start, r_stop, s
                           fill, inplace, f16):
     """:func:`_broadcast_range` on 16-bit float bits (``shift`` must be 0; ``fill`` is bits)."""
     row_len = sizes[-1]
-    shared = field_strides[-1] == 0
+    step = field_strides[-1]  # the field's stride along a row: 0 (shared), 1 or more
+    shared = step == 0
     k_len = 1 if shared else row_len
     row = r_start
     while row < r_stop:
@@ -321,7 +327,11 @@ def _broadcast_range_half(x, out, keep, sizes, field_strides, r_start, r_stop, s
         stop = _run_end(row, r_stop, keep, base, sizes, field_strides, shared and not inplace)
         i0, i1 = row * row_len, stop * row_len
         xs = x[i0:i1].copy() if inplace else x[i0:i1]
-        _apply_row_half(xs, out[i0:i1], keep[base:base + k_len], shared, scale, fill, f16)
+        if step > 1:  # the field is not row-major in memory order (channels_last, ...)
+            ks = keep[base:base + step * (row_len - 1) + 1:step]
+            _apply_row_half(xs, out[i0:i1], ks, False, scale, fill, f16)
+        else:
+            _apply_row_half(xs, out[i0:i1], keep[base:base + k_len], shared, scale, fill, f16)
         row = stop
 
 
@@ -576,8 +586,9 @@ def normal_field(key: tuple[int, int], count: int, device=None) -> torch.Tensor:
 def gaussian(x: torch.Tensor, key: tuple[int, int], std: float) -> torch.Tensor | None:
     """``x * (1 + std * z)`` fused, for float32 and float64 ``x``: the factor is computed in
     float64, rounded to x's dtype and multiplied in it, as ``dropkit::gaussian_mul``'s reference
-    expression does. Returns a new contiguous tensor, or ``None`` for other dtypes (the caller
-    then uses the reference expression with :func:`normal_field`)."""
+    expression does. Returns a new tensor in x's memory format (computed in row-major order,
+    then copied when that format is another), or ``None`` for other dtypes (the caller then
+    uses the reference expression with :func:`normal_field`)."""
     if x.dtype not in (torch.float32, torch.float64):
         return None
     src = x.contiguous()
@@ -593,7 +604,7 @@ def gaussian(x: torch.Tensor, key: tuple[int, int], std: float) -> torch.Tensor 
         _gauss_range(xs, os_, 0, n_blocks, k0, k1, float(std))
     else:
         _gauss(xs, os_, k0, k1, float(std))
-    return out
+    return torch_ref.like_memory_format(out, x)
 
 
 # float16 uses LLVM's half <-> float conversions, which need the F16C instructions to stay inline.
@@ -631,10 +642,14 @@ def apply(
 ) -> torch.Tensor:
     """``where(keep, x * scale + shift, fill)`` with the keep field broadcast from ``noise_shape``.
 
-    Same contract and bits as :func:`dropkit.kernels.torch_ref.apply`; ``out`` (contiguous) may
-    alias ``x`` for in-place use. float32, float64, bfloat16 and (with F16C) float16 run fused
-    here; 16-bit alpha dropout (a shift, rounded twice) draws the keep field here and shares
-    ``torch_ref``'s arithmetic.
+    Same contract and bits as :func:`dropkit.kernels.torch_ref.apply`; the result has x's memory
+    format (``torch.empty_like(x)``'s layout); ``out`` (dense, x's layout) may alias ``x`` for
+    in-place use. float32, float64, bfloat16 and (with F16C) float16 run fused here; 16-bit
+    alpha dropout (a shift, rounded twice) draws the keep field here and shares ``torch_ref``'s
+    arithmetic. The kernels walk memory in its physical order: for a row-major full field that
+    is the fused pass; any other layout (channels_last, a permuted tensor) or a broadcast field
+    is the broadcast pass, whose rows read the logical field through its strides
+    (``torch_ref.collapse`` with the memory order).
     """
     kernels = _KERNELS.get(x.dtype)
     field_size = math.prod(noise_shape)
@@ -642,13 +657,17 @@ def apply(
         keep = keep_field(key, t, field_size)
         return torch_ref.apply_keep(x, keep.reshape(noise_shape), scale, shift, fill, out=out)
     view_dtype, compute, extra, fused, fused_serial, broadcast, broadcast_serial = kernels
-    src = x.contiguous()
     if out is None:
-        out = torch.empty_like(src, memory_format=torch.contiguous_format)
+        out = torch.empty_like(x)  # x's memory format (torch.preserve_format)
+    order = torch_ref.physical_order(out)
+    if order is None:
+        src, dst = x.contiguous(), out
+    else:  # the same kernels on the memory-order views (both contiguous)
+        src, dst = x.permute(order).contiguous(), out.permute(order)
     n = src.numel()
     if n == 0:
         return out
-    xs, os_ = _flat_numpy(src, view_dtype), _flat_numpy(out, view_dtype)
+    xs, os_ = _flat_numpy(src, view_dtype), _flat_numpy(dst, view_dtype)
     if view_dtype is np.uint16:  # 16-bit floats: the fill value is passed as its bits
         fill_arg = np.uint16(torch.tensor(fill, dtype=x.dtype).view(torch.int16).item() & 0xFFFF)
     else:
@@ -657,7 +676,7 @@ def apply(
     consts = (compute(scale), compute(shift), fill_arg, inplace, *extra)
     parallel = n > _ITEM * 8
     _sync_threads()
-    if tuple(noise_shape) == tuple(x.shape):
+    if order is None and tuple(noise_shape) == tuple(x.shape):
         k0, k1 = _key32(key)
         if parallel:
             fused(xs, os_, k0, k1, np.uint16(t), *consts)
@@ -666,7 +685,7 @@ def apply(
         return out
     keep = keep_field(key, t, field_size).numpy().view(np.uint8)
     sizes, strides = (np.array(v, dtype=np.int64)
-                      for v in torch_ref.collapse(tuple(x.shape), tuple(noise_shape)))
+                      for v in torch_ref.collapse(tuple(x.shape), tuple(noise_shape), order))
     if parallel:
         rows_per_item = max(1, _ITEM * 8 // int(sizes[-1]))
         broadcast(xs, os_, keep, sizes, strides, rows_per_item, *consts)

@@ -20,10 +20,15 @@ __all__ = [
     "collapse",
     "compute_dtype",
     "field_index",
+    "in_memory_order",
+    "inverse",
+    "is_dense",
     "keep_field",
     "lanes_at",
+    "like_memory_format",
     "normal_field",
     "philox4x32",
+    "physical_order",
 ]
 
 _MASK32 = rng.MASK32
@@ -97,9 +102,59 @@ def field_index(
     return index.expand(local_noise)
 
 
-def collapse(shape: tuple[int, ...], noise_shape: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    """Merge neighbouring axes of x that are both full or both broadcast in the noise field
-    (size-1 axes are dropped): the layout the numba and Triton broadcast kernels walk.
+def physical_order(t: torch.Tensor) -> tuple[int, ...] | None:
+    """The axes of ``t`` from outermost to innermost in the layout ``torch.empty_like(t)`` gives
+    (``torch.preserve_format``: ``t``'s own strides when ``t`` is dense, else its suggested
+    memory format), so that ``t.permute(order)`` of a tensor in that layout is contiguous.
+    ``None`` when that layout is row-major (checked first: the common case costs one call)."""
+    if t.is_contiguous():
+        return None
+    strides = torch.empty_like(t, device="meta").stride()
+    order = tuple(sorted(range(t.dim()), key=lambda d: -strides[d]))  # stable: size-1 ties
+    return None if order == tuple(range(t.dim())) else order
+
+
+def inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation that undoes ``order`` (``t.permute(order).permute(inverse(order))``)."""
+    inv = [0] * len(order)
+    for position, axis in enumerate(order):
+        inv[axis] = position
+    return tuple(inv)
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` is non-overlapping and dense (any permutation of a contiguous layout)."""
+    return t.is_contiguous() or torch.empty_like(t, device="meta").stride() == t.stride()
+
+
+def in_memory_order(fn, x: torch.Tensor, *fields: torch.Tensor) -> torch.Tensor:
+    """``fn(x, *fields)`` (elementwise, ``fields`` of x's rank broadcasting to it) computed on
+    the view of ``x`` in its physical axis order, so the result has the layout
+    ``torch.empty_like(x)`` gives (x's memory format) at no extra pass; values are unchanged,
+    since each element still meets its own logical field element."""
+    order = physical_order(x)
+    if order is None:
+        return fn(x, *fields).contiguous()
+    views = (f.permute(order) for f in fields)
+    return fn(x.permute(order), *views).contiguous().permute(inverse(order))
+
+
+def like_memory_format(result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A row-major ``result`` of x's shape in x's memory format (a copy only when that is not
+    row-major): for kernels that can only walk the logical order."""
+    if physical_order(x) is None:
+        return result
+    return torch.empty_like(x).copy_(result)
+
+
+def collapse(
+    shape: tuple[int, ...], noise_shape: tuple[int, ...], order: tuple[int, ...] | None = None
+) -> tuple[list[int], list[int]]:
+    """Merge neighbouring axes of x, taken in memory ``order`` (outermost first; default
+    row-major, see :func:`physical_order`), that are both broadcast in the noise field or
+    consecutive in it (size-1 axes are dropped): the layout the numba and Triton broadcast
+    kernels walk. The field stays indexed by the logical row-major position: an axis' field
+    stride is its row-major stride in ``noise_shape``, whatever the memory order.
 
     Returns:
         ``(sizes, strides)``: the merged axes' sizes and field strides (0 where broadcast),
@@ -109,20 +164,21 @@ def collapse(shape: tuple[int, ...], noise_shape: tuple[int, ...]) -> tuple[list
     if len(shape) != len(noise_shape) or any(
             n not in (1, s) for s, n in zip(shape, noise_shape, strict=True)):
         raise ValueError(f"noise_shape {noise_shape} does not broadcast to {shape}.")
-    groups: list[list[int]] = []  # [size, full]
-    for size, noise in zip(shape, noise_shape, strict=True):
-        if size != 1:
-            full = int(noise == size)
-            if groups and groups[-1][1] == full:
-                groups[-1][0] *= size
-            else:
-                groups.append([size, full])
+    field_strides, step = [0] * len(shape), 1
+    for d in reversed(range(len(shape))):
+        if noise_shape[d] != 1:
+            field_strides[d], step = step, step * noise_shape[d]
+    groups: list[list[int]] = []  # [size, field stride of the group's innermost axis]
+    for d in range(len(shape)) if order is None else order:
+        size, stride = shape[d], field_strides[d]
+        if size == 1:
+            continue
+        if groups and groups[-1][1] == stride * size:  # both broadcast, or consecutive
+            groups[-1] = [groups[-1][0] * size, stride]
+        else:
+            groups.append([size, stride])
     groups = groups or [[1, 1]]
-    strides, step = [0] * len(groups), 1
-    for d in reversed(range(len(groups))):
-        if groups[d][1]:
-            strides[d], step = step, step * groups[d][0]
-    return [g[0] for g in groups], strides
+    return [g[0] for g in groups], [g[1] for g in groups]
 
 
 def keep_field(key: tuple[int, int], t: int, count: int, device=None) -> torch.Tensor:
@@ -151,20 +207,22 @@ def apply_keep(
     fill: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``where(keep, x * scale + shift, fill)``, ``keep`` broadcast to ``x``; contiguous result.
+    """``where(keep, x * scale + shift, fill)``, ``keep`` (x's rank) broadcast to ``x``; the
+    result has x's memory format (the layout ``torch.empty_like(x)`` gives).
 
     This one expression is the arithmetic of every backend that does not fuse, so backends that
     draw the same ``keep`` give the same bits. ``shift`` is only added when non-zero, so that
     plain dropout keeps the sign of ``-0.0``.
     """
-    kept = x * scale
-    if shift != 0.0:  # in the compute dtype: torch would round `shift` to float16 first
-        kept = (kept.to(compute_dtype(x.dtype)) + shift).to(x.dtype)
-    fill_value = torch.tensor(fill, dtype=x.dtype, device=x.device)
-    result = torch.where(keep.to(x.device), kept, fill_value)
-    if out is None:
-        return result.contiguous()
-    return out.copy_(result)
+    def affine(xv: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        kept = xv * scale
+        if shift != 0.0:  # in the compute dtype: torch would round `shift` to float16 first
+            kept = (kept.to(compute_dtype(x.dtype)) + shift).to(x.dtype)
+        fill_value = torch.tensor(fill, dtype=x.dtype, device=x.device)
+        return torch.where(kv.to(x.device), kept, fill_value)
+
+    result = in_memory_order(affine, x, keep)
+    return result if out is None else out.copy_(result)
 
 
 def apply(

@@ -246,25 +246,33 @@ def apply(
 
     Args:
         x: float32, float16 or bfloat16 (fused); other dtypes go to ``torch_ref.apply_keep``
-            with a Triton keep field. A non-contiguous ``x`` is read through a contiguous copy.
+            with a Triton keep field. The kernels walk x in its memory order (the contiguous
+            view ``x.permute(torch_ref.physical_order(x))``; a non-dense ``x`` is read through
+            a copy in that order) and read the field at its logical indices.
         key: the two key words; t: the threshold (kept iff ``u >= t``).
-        noise_shape: x's rank, each axis 1 or x's size. Full: Philox and the affine map in one
-            kernel; broadcast with at most ``_MAX_DIMS`` alternating full/broadcast axes after
-            merging (``torch_ref.collapse``): keep field, then one broadcast kernel; else
-            ``torch_ref``.
+        noise_shape: x's rank, each axis 1 or x's size. Full and row-major in memory: Philox
+            and the affine map in one kernel; otherwise, with at most ``_MAX_DIMS``
+            alternating axes after merging in memory order (``torch_ref.collapse``) and a last
+            axis that is broadcast or consecutive in the field: keep field, then one broadcast
+            kernel; else (a full field in channels_last, ...) ``torch_ref.apply_keep``.
         scale, shift, fill: as ``rng.affine_params`` gives them.
-        out: optional result tensor (may be ``x`` itself), returned.
+        out: optional result tensor (dense, in x's memory format; may be ``x`` itself).
 
     Returns:
-        The contiguous result, or ``out``.
+        The result in x's memory format (``torch.empty_like(x)``'s layout), or ``out``.
     """
     noise_shape = tuple(noise_shape)
-    sizes, strides = torch_ref.collapse(tuple(x.shape), noise_shape)
-    if x.dtype not in _DTYPES or len(sizes) > _MAX_DIMS:
+    result = out if out is not None else torch.empty_like(x)
+    order = torch_ref.physical_order(result)
+    sizes, strides = torch_ref.collapse(tuple(x.shape), noise_shape, order)
+    full = order is None and noise_shape == tuple(x.shape)
+    if x.dtype not in _DTYPES or len(sizes) > _MAX_DIMS or (not full and strides[-1] > 1):
         keep = keep_field(key, t, math.prod(noise_shape), device=x.device)
         return torch_ref.apply_keep(x, keep.reshape(noise_shape), scale, shift, fill, out=out)
-    src = x.contiguous()
-    result = out if out is not None and out.is_contiguous() else torch.empty_like(src)
+    if order is None:
+        src, dst = x.contiguous(), result
+    else:  # the memory-order views, both contiguous
+        src, dst = x.permute(order).contiguous(), result.permute(order)
     if src.numel():
         consts = dict(
             scale=scale, shift=shift,  # fill rounded to x's dtype (exact in float32 then)
@@ -272,15 +280,12 @@ def apply(
             HAS_SHIFT=shift != 0.0, IS_BF16=x.dtype == torch.bfloat16,
             enable_fp_fusion=False,  # x * scale, rounded, then + shift: no FMA
         )
-        if noise_shape == tuple(x.shape):
+        if full:
             _fused_kernel[_grid(src.numel())](
-                src, result, src.numel(), _seed(key), t, BLOCK_N=_BLOCK_N, **consts)
+                src, dst, src.numel(), _seed(key), t, BLOCK_N=_BLOCK_N, **consts)
         else:
             keep = keep_field(key, t, math.prod(noise_shape), device=x.device)
-            _apply_broadcast(src, result, keep, sizes, strides, consts)
-    if out is not None and result is not out:
-        out.copy_(result)
-        return out
+            _apply_broadcast(src, dst, keep, sizes, strides, consts)
     return result
 
 
@@ -472,7 +477,8 @@ def gaussian(x: torch.Tensor, key: tuple[int, int], std: float) -> torch.Tensor 
         std: the noise's standard deviation (a Python float, used in float64).
 
     Returns:
-        A new contiguous tensor shaped and typed like ``x``, or ``None`` for other dtypes (the
+        A new tensor shaped and typed like ``x`` in x's memory format (computed in row-major
+        order, then copied when that format is another), or ``None`` for other dtypes (the
         caller then uses the reference expression with :func:`normal_field`).
     """
     if x.dtype not in _GAUSS_DTYPES:
@@ -485,7 +491,7 @@ def gaussian(x: torch.Tensor, key: tuple[int, int], std: float) -> torch.Tensor 
             IS_BF16=x.dtype == torch.bfloat16, BLOCK_N=_GAUSS_BLOCK_N, num_warps=_GAUSS_WARPS,
             enable_fp_fusion=False,
         )
-    return out
+    return torch_ref.like_memory_format(out, x)
 
 
 def box_muller_words(ra: torch.Tensor, rb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

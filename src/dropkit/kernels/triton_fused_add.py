@@ -137,6 +137,12 @@ def _width(bias_shape: Sequence[int], x_shape: Sequence[int]) -> int | None:
     return math.prod(dims) if tuple(dims) == suffix else None
 
 
+def _row_major(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor is contiguous: then the composition's result is row-major too, as
+    the kernels' is (otherwise its layout follows the operands' strides)."""
+    return all(t.is_contiguous() for t in tensors)
+
+
 def bias_dropout_add(
     x: torch.Tensor,
     bias: torch.Tensor | None,
@@ -145,8 +151,10 @@ def bias_dropout_add(
     t: int,
     scale: float,
 ) -> torch.Tensor | None:
-    """``residual + where(keep, (x + bias) * scale, 0)``, contiguous; ``None`` for float64."""
-    if x.dtype not in _DTYPES:
+    """``residual + where(keep, (x + bias) * scale, 0)``, contiguous; ``None`` for float64 and
+    where ``x`` or ``residual`` is not row-major in memory (the kernel indexes the field by the
+    flat position; the caller's composition then keeps the memory format)."""
+    if x.dtype not in _DTYPES or not _row_major(x, residual):
         return None
     src = x.contiguous()
     out = torch.empty_like(src)
@@ -177,10 +185,13 @@ def bias_dropout_add_backward(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(d x, d bias)`` in one pass over ``grad`` plus a reduction of ``(P, width)`` float32
     partial sums; ``None`` where the layout does not fit (float64, a bias that is not a suffix
-    of ``grad``'s shape, ``width % 8 != 0``, or a full-shape bias)."""
+    of ``grad``'s shape, ``width % 8 != 0``, a full-shape bias, or a ``grad`` that is not
+    row-major in memory)."""
     width = _width(bias_shape, grad.shape)
     numel = grad.numel()
     if grad.dtype not in _DTYPES or width is None or width % 8 or not 0 < width < numel:
+        return None
+    if not _row_major(grad):
         return None
     g = grad.contiguous()
     grad_x = torch.empty_like(g)
@@ -204,8 +215,9 @@ def drop_path_add(
     noise_shape: Sequence[int],
 ) -> torch.Tensor | None:
     """``residual + where(keep, x * scale, 0)`` with one decision per leading slice of ``x``
-    (``noise_shape`` is ``(N, 1, ..., 1)`` or all ones); ``None`` for float64."""
-    if x.dtype not in _DTYPES:
+    (``noise_shape`` is ``(N, 1, ..., 1)`` or all ones); ``None`` for float64 and where ``x``
+    or ``residual`` is not row-major in memory (as :func:`bias_dropout_add`)."""
+    if x.dtype not in _DTYPES or not _row_major(x, residual):
         return None
     src = x.contiguous()
     out = torch.empty_like(src)
