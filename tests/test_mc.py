@@ -107,6 +107,73 @@ def test_mc_dropout_nested():
     assert all(x.training for x in model.modules())
 
 
+DROPOUTS = [lambda: dropkit.nn.Dropout(0.5), lambda: nn.Dropout(0.5),
+            lambda: dropkit.nn.SpatialDropout1d(0.5), lambda: nn.Dropout1d(0.5)]
+DROPOUT_IDS = ["dropkit.Dropout", "torch.Dropout", "dropkit.SpatialDropout1d", "torch.Dropout1d"]
+
+
+def _samples(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` draws masks: two calls on the same input differ."""
+    with torch.no_grad():
+        return not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("make", DROPOUTS, ids=DROPOUT_IDS)
+def test_mc_dropout_keeps_sampling_through_eval_and_train_calls(make):
+    model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), make(), nn.Linear(16, 2)).eval()
+    bn = model[1]
+    x = torch.randn(8, 4)
+    assert not _samples(model, x)
+    with mc_dropout(model):
+        assert _samples(model, x)
+        model.eval()  # baal's MCDropoutModule keeps sampling through eval() too
+        assert _samples(model, x) and not bn.training
+        model[2].train(False)
+        assert _samples(model, x)
+        model[2].training = False
+        assert _samples(model, x)
+        model.train()  # an explicit train() reaches the other modules as usual
+        assert bn.training
+        model.eval()
+    assert [m.training for m in model.modules()] == [False] * 5
+    assert not _samples(model, x)  # the hooks are gone
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_mc_dropout_keeps_sampling_after_eval_with_exception_and_nesting():
+    model = _mlp().train()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="boom"), mc_dropout(model):
+        model.eval()
+        raise RuntimeError("boom")
+    assert all(m.training for m in model.modules())
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    with mc_dropout(model):
+        with mc_dropout(model):
+            model.eval()
+            assert _samples(model, x)
+        assert model[3].training and not model[1].training  # the MC state is back
+        model.eval()
+        assert _samples(model, x)  # the outer block still samples
+    assert all(m.training for m in model.modules())
+    model.eval()
+    assert not _samples(model, x)
+
+
+def test_mc_predict_samples_when_the_model_calls_eval_in_forward():
+    class SelfEval(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), dropkit.nn.Dropout(0.5), nn.Linear(8, 3))
+
+        def forward(self, x):
+            self.eval()
+            return self.net(x)
+
+    pred = mc_predict(SelfEval(), torch.randn(5, 4), 8, seed=0)
+    assert bool((pred.variance > 0).all())
+
+
 def test_mc_dropout_rejects_non_module():
     with pytest.raises(TypeError, match=r"^mc_dropout: `model` must be a torch\.nn\.Module, "
                                         r"got int 3\.$"), mc_dropout(3):

@@ -2,9 +2,9 @@
 
 :func:`mc_dropout` is a context manager that puts a model in eval mode except for its
 dropout-family modules (see :func:`is_dropout_module`), which are switched to training mode so
-that they keep drawing masks; BatchNorm and every other module stay in eval (running statistics
-used and left untouched). On exit every module's ``training`` flag is restored exactly, also when
-the body raises.
+that they keep drawing masks (also through ``model.eval()`` calls inside the block); BatchNorm
+and every other module stay in eval (running statistics used and left untouched). On exit every
+module's ``training`` flag is restored exactly, also when the body raises.
 
 :func:`mc_predict` runs ``n_samples`` stochastic forward passes under :func:`mc_dropout` and
 ``torch.no_grad()`` and summarizes them: the predictive mean and variance and, for classifiers,
@@ -81,6 +81,12 @@ def _check_model(fn: str, model: object) -> nn.Module:
     return model
 
 
+def _keep_sampling(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of :func:`mc_dropout`: a dropout-family module samples in every call of
+    the block, whatever ``train()``/``eval()`` calls happened in between."""
+    module.training = True
+
+
 @contextmanager
 def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     """Switch on only the dropout-family modules of ``model`` for the duration of the block.
@@ -88,9 +94,15 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     On entry the ``training`` flag of every module of ``model`` (``model.modules()``, the model
     included) is recorded; then each module's flag is set directly (``train()``/``eval()``
     overrides are not called): ``True`` for :func:`is_dropout_module` modules, ``False`` for
-    the rest. On exit, normal or by an exception, each recorded module gets its own flag back, so
-    models that were in mixed modes come back unchanged. Nesting works (the inner block restores
-    the MC state, the outer one the original). Yields ``model``.
+    the rest. Inside the block the dropout-family modules keep sampling whatever happens to the
+    flags: a ``model.eval()`` (or ``train(False)``, or a direct assignment) does not switch them
+    off, because a forward pre-hook puts each of them back in training mode before each of its
+    calls (baal's ``MCDropoutModule`` keeps sampling the same way). Other modules follow such
+    calls as usual (``model.train()`` inside the block does switch BatchNorm to batch
+    statistics). On exit, normal or by an exception, the hooks are removed and each recorded
+    module gets its own flag back, so models that were in mixed modes come back unchanged.
+    Nesting works (the inner block restores the MC state, the outer one the original). Yields
+    ``model``.
 
     Args:
         model: The network whose dropout-family modules are switched on.
@@ -103,19 +115,26 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
         ...                             dropkit.nn.Dropout(0.5)).eval()
         >>> with dropkit.mc.mc_dropout(model):
-        ...     [m.training for m in model.modules()]
-        [False, False, False, True]
+        ...     flags = [m.training for m in model.modules()]
+        ...     y = model.eval()(torch.ones(1, 4))  # eval() does not stop the sampling
+        ...     flags, model[2].training
+        ([False, False, False, True], True)
         >>> [m.training for m in model.modules()]  # restored
         [False, False, False, False]
     """
     _check_model("mc_dropout", model)
     modules = list(model.modules())
     saved = [m.training for m in modules]
+    hooks = []
     try:
         for m in modules:
             m.training = is_dropout_module(m)
+            if m.training:
+                hooks.append(m.register_forward_pre_hook(_keep_sampling))
         yield model
     finally:
+        for hook in hooks:
+            hook.remove()
         for m, flag in zip(modules, saved, strict=True):
             m.training = flag
 
