@@ -278,6 +278,12 @@ def _conv_class(dims: int):
         def _per_sample(self, input: Tensor, seed, generator) -> Tensor:
             unbatched = input.dim() == dims + 1
             x = input.unsqueeze(0) if unbatched else input
+            if x.dim() != dims + 2 or x.shape[1] != self.in_channels:
+                axes, c = v._SPATIAL_AXES[dims], self.in_channels
+                raise ValueError(
+                    f"{name}: expected `input` of shape (N, {c}, {axes}) or ({c}, {axes}) "
+                    f"(in_channels={c}), got shape {tuple(input.shape)}."
+                )
             n = x.shape[0]
             ws = sample_weights(self.weight, n, self._rate(), seed=seed, generator=generator)
             ws = ws.reshape(n * self.out_channels, *self.weight.shape[1:])
