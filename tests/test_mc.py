@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import math
 
 import numpy as np
@@ -158,6 +160,37 @@ def test_mc_dropout_keeps_sampling_after_eval_with_exception_and_nesting():
     assert all(m.training for m in model.modules())
     model.eval()
     assert not _samples(model, x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_mc_dropout_keeps_sampling_in_a_compiled_model_after_eval():
+    model = nn.Sequential(nn.Linear(4, 16), dropkit.nn.Dropout(0.5), nn.Dropout(0.5),
+                          nn.Linear(16, 2)).eval()
+    compiled = torch.compile(model)
+    x = torch.randn(8, 4)
+    assert not _samples(compiled, x)
+    with mc_dropout(model):
+        model.eval()
+        assert _samples(compiled, x)
+    assert not _samples(compiled, x)
+
+
+def test_copies_and_pickles_made_inside_mc_dropout_behave_normally():
+    model = nn.Sequential(nn.Linear(4, 16), dropkit.nn.Dropout(0.5), nn.Dropout(0.5),
+                          nn.Linear(16, 2)).eval()
+    x = torch.randn(8, 4)
+    with mc_dropout(model):
+        copied = copy.deepcopy(model)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        assert _samples(model.eval(), x)
+        assert not _samples(copied.eval(), x)  # a copy is not inside the block
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (copied, loaded):
+        assert not _samples(other.eval(), x)
+        assert _samples(other.train(), x)
+    assert all("train" not in vars(m) for m in model.modules())
 
 
 def test_mc_predict_samples_when_the_model_calls_eval_in_forward():

@@ -232,12 +232,13 @@ def dropout(
         - Output: ``(*)``, same shape as input.
 
     Raises:
-        TypeError: ``input`` is not a floating tensor, ``p`` is not a real number, ``training``
+        TypeError: ``input`` is not a floating tensor (or is sparse, in training: torch's
+            dropout rejects sparse tensors too), ``p`` is not a real number, ``training``
             or ``inplace`` is not a bool, ``noise_shape`` has non-int entries, or ``seed`` is
             not an int.
-        ValueError: ``p`` outside ``[0, 1]`` or NaN, an unknown ``mode`` or ``save``, a
-            ``noise_shape`` of the wrong length or with an entry that is neither 1 nor the
-            axis' size, or a ``seed`` outside ``[0, 2**64)``.
+        ValueError: ``p`` (a float, or a tensor's value) outside ``[0, 1]`` or NaN, an
+            unknown ``mode`` or ``save``, a ``noise_shape`` of the wrong length or with an
+            entry that is neither 1 nor the axis' size, or a ``seed`` outside ``[0, 2**64)``.
 
     Example:
         The seeds' example: ``noise_shape=(1, 1, 5)`` drops whole columns of a 1x7x5 tensor.

@@ -33,6 +33,8 @@ Example:
 from __future__ import annotations
 
 import numbers
+import types
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -81,10 +83,26 @@ def _check_model(fn: str, model: object) -> nn.Module:
     return model
 
 
+# Dropout-family modules inside an open mc_dropout block -> number of open blocks.
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
 def _keep_sampling(module: nn.Module, args: tuple) -> None:
     """Forward pre-hook of :func:`mc_dropout`: a dropout-family module samples in every call of
-    the block, whatever ``train()``/``eval()`` calls happened in between."""
-    module.training = True
+    the block, even after a direct ``module.training = False``."""
+    if module in _ACTIVE:
+        module.training = True
+
+
+def train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()``/``eval()`` of a dropout-family module inside :func:`mc_dropout`: it stays in
+    training mode (so ``training`` is also what a compiled graph's guards see). Outside a block
+    (a copy made inside one) it is the class's own ``train``; named ``train`` so that a model
+    pickled inside a block loads with the class's method."""
+    if self in _ACTIVE:
+        self.training = True
+        return self
+    return type(self).train(self, mode)
 
 
 @contextmanager
@@ -94,15 +112,15 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     On entry the ``training`` flag of every module of ``model`` (``model.modules()``, the model
     included) is recorded; then each module's flag is set directly (``train()``/``eval()``
     overrides are not called): ``True`` for :func:`is_dropout_module` modules, ``False`` for
-    the rest. Inside the block the dropout-family modules keep sampling whatever happens to the
-    flags: a ``model.eval()`` (or ``train(False)``, or a direct assignment) does not switch them
-    off, because a forward pre-hook puts each of them back in training mode before each of its
-    calls (baal's ``MCDropoutModule`` keeps sampling the same way). Other modules follow such
-    calls as usual (``model.train()`` inside the block does switch BatchNorm to batch
-    statistics). On exit, normal or by an exception, the hooks are removed and each recorded
-    module gets its own flag back, so models that were in mixed modes come back unchanged.
-    Nesting works (the inner block restores the MC state, the outer one the original). Yields
-    ``model``.
+    the rest. Inside the block the dropout-family modules keep sampling whatever happens: a
+    ``model.eval()`` or ``train(False)`` leaves them in training mode (their ``train`` is
+    overridden for the block), and a direct ``module.training = False`` is undone by a forward
+    pre-hook before the module's next call (baal's ``MCDropoutModule`` keeps sampling through
+    ``eval()`` too). Other modules follow such calls as usual (``model.train()`` inside the
+    block does switch BatchNorm to batch statistics). On exit, normal or by an exception, the
+    override and the hooks are removed and each recorded module gets its own flag back, so
+    models that were in mixed modes come back unchanged. Nesting works (the inner block
+    restores the MC state, the outer one the original). Yields ``model``.
 
     Args:
         model: The network whose dropout-family modules are switched on.
@@ -115,26 +133,36 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
         ...                             dropkit.nn.Dropout(0.5)).eval()
         >>> with dropkit.mc.mc_dropout(model):
-        ...     flags = [m.training for m in model.modules()]
-        ...     y = model.eval()(torch.ones(1, 4))  # eval() does not stop the sampling
-        ...     flags, model[2].training
-        ([False, False, False, True], True)
+        ...     before = [m.training for m in model.modules()]
+        ...     after_eval = [m.training for m in model.eval().modules()]
+        ...     before, after_eval
+        ([False, False, False, True], [False, False, False, True])
         >>> [m.training for m in model.modules()]  # restored
         [False, False, False, False]
     """
     _check_model("mc_dropout", model)
     modules = list(model.modules())
     saved = [m.training for m in modules]
-    hooks = []
+    entered, hooks = [], []
     try:
         for m in modules:
             m.training = is_dropout_module(m)
-            if m.training:
+            if not m.training:
+                continue
+            entered.append(m)
+            _ACTIVE[m] = _ACTIVE.get(m, 0) + 1
+            if _ACTIVE[m] == 1:  # the outermost block installs the override and the hook
+                m.train = types.MethodType(train, m)
                 hooks.append(m.register_forward_pre_hook(_keep_sampling))
         yield model
     finally:
         for hook in hooks:
             hook.remove()
+        for m in entered:
+            _ACTIVE[m] -= 1
+            if not _ACTIVE[m]:
+                del _ACTIVE[m]
+                del m.train
         for m, flag in zip(modules, saved, strict=True):
             m.training = flag
 
