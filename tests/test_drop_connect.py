@@ -4,6 +4,7 @@ masks, Gaussian moment-matching inference, gradients, errors, state_dict, compil
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_drop_connect_errors():
     w = torch.ones(2, 2)
     with pytest.raises(ValueError, match=r"drop_connect: `p` must be in \[0, 1\], got 1.5\."):
         drop_connect(w, 1.5)
-    with pytest.raises(TypeError, match=r"drop_connect: `input` must be a torch\.Tensor"):
+    with pytest.raises(TypeError, match=r"drop_connect: `weight` must be a torch\.Tensor"):
         drop_connect([1.0], 0.5)
     with pytest.raises(ValueError, match=r"drop_connect: pass either `seed` or `generator`"):
         drop_connect(w, 0.5, seed=1, generator=torch.Generator())
@@ -432,6 +433,22 @@ def test_p_setter_and_call_errors():
         layer(torch.ones(1, 2), generator=3)
     with pytest.raises(ValueError, match=r"DropConnectLinear: `seed` must be"):
         layer(torch.ones(1, 2), seed=-1)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_per_sample_conv_with_a_wrong_channel_count_or_rank_names_the_layer(dims):
+    cls = {1: DropConnectConv1d, 2: DropConnectConv2d, 3: DropConnectConv3d}[dims]
+    axes = {1: "L", 2: "H, W", 3: "D, H, W"}[dims]
+    layer = cls(3, 4, 3, p=0.5, mask="sample")
+    plain = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims](3, 4, 3)
+    for shape in [(2, 5) + (6,) * dims, (5,) + (6,) * dims, (2, 3, 2) + (6,) * dims]:
+        with pytest.raises(RuntimeError):  # torch's own layer rejects it too
+            plain(torch.ones(shape))
+        message = (f"{cls.__name__}: expected `input` of shape (N, 3, {axes}) or (3, {axes}) "
+                   f"(in_channels=3), got shape {shape}.")
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            layer(torch.ones(shape), seed=0)
+    assert layer(torch.ones((2, 3) + (6,) * dims), seed=0).shape == (2, 4) + (4,) * dims
 
 
 def test_from_module_errors():

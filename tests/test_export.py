@@ -120,6 +120,28 @@ def test_train_export_keeps_the_seed_draw_and_reproduces_eager(name):
     assert not _same(ep.module()(x), first)  # a fresh seed per call
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", ["batch_first", "time_major", "EmbeddingDropout"])
+def test_sequence_modules_export_with_a_dynamic_batch_and_match_eager(name, training):
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    if name == "EmbeddingDropout":
+        module = dn.EmbeddingDropout(nn.Embedding(10, 3), p=0.5)
+        x, dims, batch_dim = torch.randint(0, 10, (4, 6)), {0: batch, 1: time}, 0
+    else:
+        module = dn.LockedDropout(0.5, batch_first=name == "batch_first")
+        batch_dim = 0 if name == "batch_first" else 1
+        x, dims = _randn(*((4, 6, 3) if batch_dim == 0 else (6, 4, 3))), {batch_dim: batch}
+    module.train(training)
+    ep = torch.export.export(module, (x,), dynamic_shapes=(dims,))
+    for n in (1, 3):  # other batch sizes than the traced one
+        xn = torch.cat([x] * n, batch_dim)
+        torch.manual_seed(7)
+        out = ep.module()(xn)
+        torch.manual_seed(7)
+        assert _same(out, module(xn))
+        assert (out == 0).any() == training
+
+
 @train_onnx_warning
 def test_train_export_to_onnx_fails_on_the_seed_draw():
     module, x = dn.Dropout(0.3).train(), _randn(4, 6)

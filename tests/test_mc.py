@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import math
 
 import numpy as np
@@ -105,6 +107,104 @@ def test_mc_dropout_nested():
             assert [x.training for x in model.modules()] == mc_state
         assert [x.training for x in model.modules()] == mc_state
     assert all(x.training for x in model.modules())
+
+
+DROPOUTS = [lambda: dropkit.nn.Dropout(0.5), lambda: nn.Dropout(0.5),
+            lambda: dropkit.nn.SpatialDropout1d(0.5), lambda: nn.Dropout1d(0.5)]
+DROPOUT_IDS = ["dropkit.Dropout", "torch.Dropout", "dropkit.SpatialDropout1d", "torch.Dropout1d"]
+
+
+def _samples(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` draws masks: two calls on the same input differ."""
+    with torch.no_grad():
+        return not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("make", DROPOUTS, ids=DROPOUT_IDS)
+def test_mc_dropout_keeps_sampling_through_eval_and_train_calls(make):
+    model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), make(), nn.Linear(16, 2)).eval()
+    bn = model[1]
+    x = torch.randn(8, 4)
+    assert not _samples(model, x)
+    with mc_dropout(model):
+        assert _samples(model, x)
+        model.eval()  # baal's MCDropoutModule keeps sampling through eval() too
+        assert _samples(model, x) and not bn.training
+        model[2].train(False)
+        assert _samples(model, x)
+        model[2].training = False
+        assert _samples(model, x)
+        model.train()  # an explicit train() reaches the other modules as usual
+        assert bn.training
+        model.eval()
+    assert [m.training for m in model.modules()] == [False] * 5
+    assert not _samples(model, x)  # the hooks are gone
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_mc_dropout_keeps_sampling_after_eval_with_exception_and_nesting():
+    model = _mlp().train()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="boom"), mc_dropout(model):
+        model.eval()
+        raise RuntimeError("boom")
+    assert all(m.training for m in model.modules())
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    with mc_dropout(model):
+        with mc_dropout(model):
+            model.eval()
+            assert _samples(model, x)
+        assert model[3].training and not model[1].training  # the MC state is back
+        model.eval()
+        assert _samples(model, x)  # the outer block still samples
+    assert all(m.training for m in model.modules())
+    model.eval()
+    assert not _samples(model, x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_mc_dropout_keeps_sampling_in_a_compiled_model_after_eval():
+    model = nn.Sequential(nn.Linear(4, 16), dropkit.nn.Dropout(0.5), nn.Dropout(0.5),
+                          nn.Linear(16, 2)).eval()
+    compiled = torch.compile(model)
+    x = torch.randn(8, 4)
+    assert not _samples(compiled, x)
+    with mc_dropout(model):
+        model.eval()
+        assert _samples(compiled, x)
+    assert not _samples(compiled, x)
+
+
+def test_copies_and_pickles_made_inside_mc_dropout_behave_normally():
+    model = nn.Sequential(nn.Linear(4, 16), dropkit.nn.Dropout(0.5), nn.Dropout(0.5),
+                          nn.Linear(16, 2)).eval()
+    x = torch.randn(8, 4)
+    with mc_dropout(model):
+        copied = copy.deepcopy(model)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        assert _samples(model.eval(), x)
+        assert not _samples(copied.eval(), x)  # a copy is not inside the block
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (copied, loaded):
+        assert not _samples(other.eval(), x)
+        assert _samples(other.train(), x)
+    assert all("train" not in vars(m) for m in model.modules())
+
+
+def test_mc_predict_samples_when_the_model_calls_eval_in_forward():
+    class SelfEval(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), dropkit.nn.Dropout(0.5), nn.Linear(8, 3))
+
+        def forward(self, x):
+            self.eval()
+            return self.net(x)
+
+    pred = mc_predict(SelfEval(), torch.randn(5, 4), 8, seed=0)
+    assert bool((pred.variance > 0).all())
 
 
 def test_mc_dropout_rejects_non_module():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,10 +174,72 @@ def test_scheduler_errors():
         RateScheduler(torch.nn.Linear(2, 2), Constant(0.1))
     with pytest.raises(TypeError, match=r"^RateScheduler: `modules\[0\]` must be a dropkit"):
         RateScheduler([torch.nn.Dropout()], Constant(0.1))
-    with pytest.raises(ValueError, match=r"^RateScheduler: the scale of module '1' must be"):
+    with pytest.raises(ValueError, match=r"^RateScheduler: `scale\['1'\]` \(the factor of the "
+                                         r"modules under prefix '1'\) must be a finite real "
+                                         r"number >= 0, got -1\.0\.$"):
         RateScheduler(_model(), Constant(0.1), scale={"1": -1.0})
+    with pytest.raises(ValueError, match=r"^RateScheduler: the scale of module '1' must be"):
+        RateScheduler(_model(), Constant(0.1), scale=lambda name, m: -1.0)
     with pytest.raises(TypeError, match=r"^RateScheduler: `schedule` must be callable"):
         RateScheduler(_model(), 0.1)
+
+
+def _bad_after(step: int, value):
+    """A schedule that is fine (0.1) before ``step`` and returns ``value`` from then on."""
+    def schedule(s: int):
+        return value if s >= step else 0.1
+    schedule.__qualname__ = f"bad_after_{step}"
+    return schedule
+
+
+@pytest.mark.parametrize("value", [float("nan"), 5, -1, 1.5, -0.0 - 1e-9, float("inf")])
+def test_scheduler_rejects_a_schedule_value_outside_0_1(value):
+    with pytest.raises(ValueError, match=rf"^RateScheduler: the schedule <function bad_after_0 "
+                                         rf"at 0x[0-9a-f]+> returned {value!r} at step 0; a "
+                                         rf"rate must be in \[0, 1\]\.$"):
+        RateScheduler(_model(), _bad_after(0, value))
+    model = _model()
+    sched = RateScheduler(model, _bad_after(3, value))
+    sched.step()
+    sched.step()
+    with pytest.raises(ValueError, match=rf"returned {value!r} at step 3;"):
+        sched.step()
+    assert sched.steps == 2 and set(sched.rates().values()) == {0.1}  # nothing changed
+    with pytest.raises(ValueError, match=rf"returned {value!r} at step 5;"):
+        sched.load_state_dict({"step": 5})
+    assert sched.steps == 2
+    with pytest.raises(ValueError, match=r"the schedule Warmup\(schedule=<function bad_after_0 "
+                                         r".*returned nan at step 0"):
+        RateScheduler(model, Warmup(_bad_after(0, float("nan")), steps=4))
+
+
+@pytest.mark.parametrize("value", [None, "0.1", True, torch.tensor(0.1)])
+def test_scheduler_rejects_a_schedule_value_that_is_not_a_number(value):
+    with pytest.raises(TypeError, match=rf"^RateScheduler: the schedule <function bad_after_0 "
+                                        rf"at 0x[0-9a-f]+> returned {type(value).__name__} .* at "
+                                        rf"step 0; a rate must be a real number in \[0, 1\]\.$"):
+        RateScheduler(_model(), _bad_after(0, value))
+
+
+@pytest.mark.parametrize("factor", [float("nan"), float("inf"), -0.5, True, "1", None])
+def test_scheduler_rejects_a_scale_that_is_not_a_finite_number_ge_0(factor):
+    prefix = re.escape(repr("0"))
+    with pytest.raises(ValueError, match=rf"^RateScheduler: `scale\[{prefix}\]` \(the factor of "
+                                         rf"the modules under prefix {prefix}\) must be a finite "
+                                         rf"real number >= 0, got {re.escape(repr(factor))}\.$"):
+        RateScheduler(_model(), Constant(0.1), scale={"0": factor})
+    with pytest.raises(ValueError, match=r"`scale\['nothing'\]`"):  # even if it matches nothing
+        RateScheduler(_model(), Constant(0.1), scale={"nothing": factor})
+    with pytest.raises(ValueError, match=rf"^RateScheduler: the scale of module '1' must be a "
+                                         rf"finite real number >= 0, got "
+                                         rf"{re.escape(repr(factor))}\.$"):
+        RateScheduler(_model(), Constant(0.1), scale=lambda name, m: factor)
+
+
+def test_scheduler_accepts_numpy_values_and_clamps_scaled_rates():
+    model = _model()
+    sched = RateScheduler(model, lambda s: np.float32(0.25), scale={"1": np.float64(8.0)})
+    assert sched.rates() == {"1": 1.0, "3.0": 0.25, "3.1": 0.25}
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")

@@ -205,6 +205,21 @@ def test_embedding_dropout_state_copy_pickle_repr_and_rate():
     assert torch.equal(a, m(idx, generator=torch.Generator().manual_seed(4)))
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (0,), (0, 2, 3), (0, 0)])
+def test_embedding_dropout_empty_input_matches_the_embedding(shape):
+    m = EmbeddingDropout(nn.Embedding(10, 3), p=0.5)
+    idx = torch.zeros(shape, dtype=torch.int64)
+    expected = m.embedding(idx)
+    for training in (True, False):
+        m.train(training)
+        y = m(idx, seed=1)
+        assert y.shape == expected.shape == (*shape, 3)
+        y.sum().backward()  # an empty gradient, no error
+        assert m.keep(idx, seed=1).shape == shape
+    m._rate = lambda: m._p_tensor  # the tensor-rate path torch.compile takes
+    assert m.train()(idx, seed=1).shape == expected.shape
+
+
 def test_embedding_dropout_errors():
     with pytest.raises(TypeError, match=r"EmbeddingDropout: `embedding` must be a "
                                         r"torch\.nn\.Embedding, got Linear"):

@@ -113,10 +113,36 @@ def test_function_tensor_p_must_be_a_0dim_floating_tensor(name):
             FUNCS[name](torch.ones(SHAPES[name]), bad)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_function_tensor_p_out_of_range_fails_when_the_op_runs(name):
-    with raises(ValueError, "dropkit: `p` must be in [0, 1], got 1.5."):
-        FUNCS[name](torch.ones(SHAPES[name]), torch.tensor(1.5))
+# Every public function that takes a rate, called with x and p (the rest valid).
+RATE_FUNCS = {
+    **{name: (lambda f, s: lambda p, **kw: f(torch.ones(s), p, **kw))(FUNCS[name], SHAPES[name])
+       for name in NAMES},
+    "drop_path": lambda p, **kw: DF.drop_path(torch.ones(4, 3), p, **kw),
+    "drop_connect": lambda p, **kw: DF.drop_connect(torch.ones(4, 3), p, **kw),
+    "drop_block2d": lambda p, **kw: DF.drop_block2d(torch.ones(2, 3, 6, 6), p, 3, **kw),
+    "bias_dropout_add": lambda p, **kw: DF.bias_dropout_add(torch.ones(4, 3), None,
+                                                            torch.ones(4, 3), p, **kw),
+    "drop_path_add": lambda p, **kw: DF.drop_path_add(torch.ones(4, 3), torch.ones(4, 3), p,
+                                                      **kw),
+}
+
+
+@pytest.mark.parametrize("name", RATE_FUNCS)
+@pytest.mark.parametrize("value", [1.5, -0.25, float("nan")])
+def test_function_tensor_p_out_of_range_names_the_function(name, value):
+    for training in (True, False):
+        with raises(ValueError, f"{name}: `p` must be in [0, 1], got {value!r}."):
+            RATE_FUNCS[name](torch.tensor(value, dtype=torch.float64), training=training)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_tensor_p_out_of_range_fails_when_the_op_runs():
+    # Under torch.compile the value is only known when the op runs, which cannot name the caller.
+    compiled = torch.compile(lambda x, p: DF.dropout(x, p), fullgraph=True)
+    x = torch.ones(4, 3)
+    assert compiled(x, torch.tensor(0.0)).shape == x.shape
+    with pytest.raises(ValueError, match=re.escape("dropkit: `p` must be in [0, 1], got 1.5.")):
+        compiled(x, torch.tensor(1.5))
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -148,11 +174,18 @@ NOT_BOOL = [
 ]
 
 
+def _numpy_bool(value: np.bool_) -> str:
+    """How a message shows a NumPy bool: NumPy 2 names its type ``bool``, so the message
+    qualifies it (``numpy.bool np.True_``) instead of showing ``bool np.True_``."""
+    kind = type(value).__name__
+    return f"{'numpy.bool' if kind == 'bool' else kind} {value!r}"
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(("value", "received"), NOT_BOOL)
 def test_function_training_not_bool(name, value, received):
     if isinstance(value, np.bool_):
-        received = f"{type(value).__name__} {value!r}"
+        received = _numpy_bool(value)
     for context in ({}, {"p": 0.0}):
         with raises(TypeError, f"{name}: `training` must be a bool, got {received}."):
             call(name, context, training=value)
@@ -162,7 +195,7 @@ def test_function_training_not_bool(name, value, received):
 @pytest.mark.parametrize(("value", "received"), NOT_BOOL)
 def test_function_inplace_not_bool(name, value, received):
     if isinstance(value, np.bool_):
-        received = f"{type(value).__name__} {value!r}"
+        received = _numpy_bool(value)
     for context in CONTEXTS:
         with raises(TypeError, f"{name}: `inplace` must be a bool, got {received}."):
             call(name, context, inplace=value)
@@ -172,7 +205,7 @@ def test_function_inplace_not_bool(name, value, received):
 @pytest.mark.parametrize(("value", "received"), NOT_BOOL)
 def test_module_inplace_not_bool(cls, value, received):
     if isinstance(value, np.bool_):
-        received = f"{type(value).__name__} {value!r}"
+        received = _numpy_bool(value)
     with raises(TypeError, f"{cls}: `inplace` must be a bool, got {received}."):
         CLASSES[cls](0.5, value)
     with raises(TypeError, f"{cls}: `inplace` must be a bool, got {received}."):
@@ -419,6 +452,47 @@ def test_input_dtype(name, dtype):
     for context in CONTEXTS:
         with raises(TypeError, message):
             FUNCS[name](x, **{"p": 0.5, **context})
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state:UserWarning")
+@pytest.mark.parametrize("name", RATE_FUNCS)
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr"])
+def test_sparse_input_in_training_is_a_type_error(name, layout):
+    arg = {"drop_connect": "weight", "bias_dropout_add": "x", "drop_path_add": "x"}.get(name,
+                                                                                      "input")
+    x = torch.zeros(4, 3)
+    sparse = x.to_sparse() if layout == "sparse_coo" else x.to_sparse_csr()
+    message = (f"{name}: `{arg}` must be a dense (strided) tensor in training, got layout "
+               f"torch.{layout} (torch.nn.functional.dropout does not support sparse tensors "
+               f"either; drop the values instead, or use `{arg}.to_dense()`).")
+    call = {  # the sparse tensor in the checked argument
+        "drop_connect": lambda **kw: DF.drop_connect(sparse, 0.5, **kw),
+        "bias_dropout_add": lambda **kw: DF.bias_dropout_add(sparse, None, x, 0.5, **kw),
+        "drop_path_add": lambda **kw: DF.drop_path_add(sparse, x, 0.5, **kw),
+        "drop_path": lambda **kw: DF.drop_path(sparse, 0.5, **kw),
+        "drop_block2d": lambda **kw: DF.drop_block2d(sparse, 0.5, 3, **kw),
+    }.get(name, lambda **kw: FUNCS[name](sparse, 0.5, **kw))
+    with raises(TypeError, message):  # checked before the rank or shape of the input
+        call()
+    with pytest.raises(NotImplementedError):  # torch.nn.functional.dropout rejects it as well
+        torch.nn.functional.dropout(sparse, 0.5)
+
+
+def test_sparse_input_in_eval_passes_through_as_in_torch():
+    sparse = torch.eye(3).to_sparse()
+    assert torch.nn.functional.dropout(sparse, 0.5, training=False) is sparse
+    assert DF.dropout(sparse, 0.5, training=False) is sparse
+    vanilla = DF.dropout(sparse, 0.25, training=False, mode="vanilla")
+    assert vanilla.layout == torch.sparse_coo
+    assert torch.equal(vanilla.to_dense(), torch.eye(3) * 0.75)
+
+
+def test_drop_connect_names_its_weight_argument():
+    with raises(TypeError, "drop_connect: `weight` must be a torch.Tensor, got list."):
+        DF.drop_connect([1.0], 0.5)
+    with raises(TypeError, f"drop_connect: `weight` must have dtype {DTYPE_LIST}, got "
+                           "torch.int64."):
+        DF.drop_connect(torch.ones(3, dtype=torch.int64), 0.5)
 
 
 def test_input_check_comes_first():

@@ -66,7 +66,7 @@ def drop_connect(
         DropConnect", ICML 2013.
     """
     fn = "drop_connect"
-    p = F._check_common(fn, weight, p, training, False, seed, generator)
+    p = F._check_common(fn, weight, p, training, False, seed, generator, name="weight")
     return F._dropout_impl(weight, p, training, False, "inverted", weight.shape, seed, generator)
 
 

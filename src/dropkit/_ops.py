@@ -288,11 +288,12 @@ def _gaussian_backward(ctx, grad):
 gaussian_mul.register_autograd(_gaussian_backward, setup_context=_gaussian_setup)
 
 
-def read_rate(p: Tensor) -> float:
-    """The value of a 0-dim rate tensor, checked to be in [0, 1] (at run time)."""
+def read_rate(p: Tensor, fn: str = "dropkit") -> float:
+    """The value of a 0-dim rate tensor, checked to be in [0, 1] (at run time); ``fn`` names
+    the caller in the message (the ops, which do not know it, say ``dropkit``)."""
     value = float(p.item())
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"dropkit: `p` must be in [0, 1], got {value!r}.")
+        raise ValueError(f"{fn}: `p` must be in [0, 1], got {value!r}.")
     return value
 
 

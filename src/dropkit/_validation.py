@@ -8,6 +8,7 @@ function or class, names the argument, says what was expected and shows what was
 
 from __future__ import annotations
 
+import builtins
 import numbers
 from collections.abc import Sequence
 
@@ -18,8 +19,17 @@ DATA_FORMATS = ("channels_first", "channels_last")
 _SPATIAL_AXES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
+def _type_name(value: object) -> str:
+    """The type's name, qualified when a builtin has the same name (``numpy.bool``, not
+    ``bool``, for ``np.True_``)."""
+    kind = type(value)
+    if kind.__module__ != "builtins" and hasattr(builtins, kind.__name__):
+        return f"{kind.__module__}.{kind.__qualname__}"
+    return kind.__name__
+
+
 def _received(value: object) -> str:
-    return f"{type(value).__name__} {value!r}"
+    return f"{_type_name(value)} {value!r}"
 
 
 def check_p(fn: str, p: object, name: str = "p") -> float:

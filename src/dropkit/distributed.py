@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -112,12 +113,33 @@ def split(input: Tensor, dim: int, rank: int, world_size: int) -> tuple[Tensor, 
     """Rank ``rank``'s part of ``input`` split along ``dim`` as ``torch.tensor_split`` does
     (sizes differ by at most one), and its :class:`Shard`.
 
+    Raises:
+        TypeError: ``input`` is not a tensor, or ``dim``, ``rank`` or ``world_size`` is not an
+            int.
+        ValueError: ``dim`` is not an axis of ``input``, ``world_size < 1``, or ``rank``
+            outside ``[0, world_size)``.
+
     >>> import torch
     >>> from dropkit import distributed as dd
     >>> local, shard = dd.split(torch.zeros(5, 3), dim=0, rank=1, world_size=2)
     >>> tuple(local.shape), shard.offset
     ((2, 3), (3, 0))
     """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"split: `input` must be a torch.Tensor, got {type(input).__name__}.")
+    for arg, value in (("dim", dim), ("world_size", world_size), ("rank", rank)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"split: `{arg}` must be an int, got {type(value).__name__} "
+                            f"{value!r}.")
+    if not -input.dim() <= dim < input.dim():
+        raise ValueError(f"split: `dim` must be an axis of the {input.dim()}D input, in "
+                         f"[{-input.dim()}, {input.dim()}), got {dim}.")
+    if world_size < 1:
+        raise ValueError(f"split: `world_size` must be >= 1, got {world_size}.")
+    if not 0 <= rank < world_size:
+        raise ValueError(
+            f"split: `rank` must be in [0, world_size) = [0, {world_size}), got {rank}."
+        )
     parts = torch.tensor_split(input, world_size, dim=dim)
     dim = dim % input.dim()
     start = sum(part.shape[dim] for part in parts[:rank])
@@ -181,7 +203,7 @@ def _check(fn, input, p, training, shard, seed, generator):
 
     local, shard, wrap = _resolve(fn, input, shard)
     p = F._check_common(fn, local, p, training, False, seed, generator)
-    return local, shard, wrap, (_ops.read_rate(p) if isinstance(p, Tensor) else p)
+    return local, shard, wrap, (_ops.read_rate(p, fn) if isinstance(p, Tensor) else p)
 
 
 def _masked(local, p, training, mode, field, shard, seed, generator) -> Tensor:

@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr,
+                   torch.sparse_bsc)
 
 
 def _check_input(fn: str, input: object, name: str = "input") -> Tensor:
@@ -71,13 +73,17 @@ def _check_input(fn: str, input: object, name: str = "input") -> Tensor:
 
 
 def _check_rate(fn: str, p: object) -> float | Tensor:
-    """A float in [0, 1], or a 0-dim floating tensor (its value is checked when the op runs)."""
+    """A float in [0, 1], or a 0-dim floating tensor. A tensor's value is checked when the op
+    runs; in eager mode it is also checked here, so that the message names ``fn``."""
     if isinstance(p, Tensor):
         if p.dim() != 0 or not p.is_floating_point():
             raise TypeError(
                 f"{fn}: `p` must be a real number in [0, 1] or a 0-dim floating tensor, got a "
                 f"tensor of shape {tuple(p.shape)} and dtype {p.dtype}."
             )
+        if type(p) is Tensor and not torch.compiler.is_compiling() \
+                and not torch.jit.is_tracing():
+            _ops.read_rate(p, fn)
         return p
     return v.check_p(fn, p)
 
@@ -89,6 +95,12 @@ def _check_common(
     p = _check_rate(fn, p)
     v.check_bool(fn, "training", training)
     v.check_bool(fn, "inplace", inplace)
+    if training and input.layout in _SPARSE_LAYOUTS:
+        raise TypeError(
+            f"{fn}: `{name}` must be a dense (strided) tensor in training, got layout "
+            f"{input.layout} (torch.nn.functional.dropout does not support sparse tensors "
+            f"either; drop the values instead, or use `{name}.to_dense()`)."
+        )
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"{fn}: `generator` must be a torch.Generator or None, got "
@@ -222,12 +234,13 @@ def dropout(
         - Output: ``(*)``, same shape as input.
 
     Raises:
-        TypeError: ``input`` is not a floating tensor, ``p`` is not a real number, ``training``
+        TypeError: ``input`` is not a floating tensor (or is sparse, in training: torch's
+            dropout rejects sparse tensors too), ``p`` is not a real number, ``training``
             or ``inplace`` is not a bool, ``noise_shape`` has non-int entries, or ``seed`` is
             not an int.
-        ValueError: ``p`` outside ``[0, 1]`` or NaN, an unknown ``mode`` or ``save``, a
-            ``noise_shape`` of the wrong length or with an entry that is neither 1 nor the
-            axis' size, or a ``seed`` outside ``[0, 2**64)``.
+        ValueError: ``p`` (a float, or a tensor's value) outside ``[0, 1]`` or NaN, an
+            unknown ``mode`` or ``save``, a ``noise_shape`` of the wrong length or with an
+            entry that is neither 1 nor the axis' size, or a ``seed`` outside ``[0, 2**64)``.
 
     Example:
         The seeds' example: ``noise_shape=(1, 1, 5)`` drops whole columns of a 1x7x5 tensor.
@@ -252,7 +265,7 @@ def dropout(
     v.check_choice(fn, "save", save, ("seed", "bitmask"))
     shape = v.resolve_noise_shape(fn, tuple(input.shape), noise_shape)
     if save == "bitmask" and training and input.requires_grad and torch.is_grad_enabled():
-        rate = _ops.read_rate(p) if isinstance(p, Tensor) else p
+        rate = _ops.read_rate(p, fn) if isinstance(p, Tensor) else p
         t, scale, _, _ = rng.affine_params("inverted" if mode == "inverted" else "unscaled", rate)
         if 0 < t < rng.LANE_RANGE:  # p = 0 and p = 1 keep nothing for backward anyway
             key = draw_key(seed, generator)

@@ -2,9 +2,9 @@
 
 :func:`mc_dropout` is a context manager that puts a model in eval mode except for its
 dropout-family modules (see :func:`is_dropout_module`), which are switched to training mode so
-that they keep drawing masks; BatchNorm and every other module stay in eval (running statistics
-used and left untouched). On exit every module's ``training`` flag is restored exactly, also when
-the body raises.
+that they keep drawing masks (also through ``model.eval()`` calls inside the block); BatchNorm
+and every other module stay in eval (running statistics used and left untouched). On exit every
+module's ``training`` flag is restored exactly, also when the body raises.
 
 :func:`mc_predict` runs ``n_samples`` stochastic forward passes under :func:`mc_dropout` and
 ``torch.no_grad()`` and summarizes them: the predictive mean and variance and, for classifiers,
@@ -33,6 +33,8 @@ Example:
 from __future__ import annotations
 
 import numbers
+import types
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -81,6 +83,28 @@ def _check_model(fn: str, model: object) -> nn.Module:
     return model
 
 
+# Dropout-family modules inside an open mc_dropout block -> number of open blocks.
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def _keep_sampling(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of :func:`mc_dropout`: a dropout-family module samples in every call of
+    the block, even after a direct ``module.training = False``."""
+    if module in _ACTIVE:
+        module.training = True
+
+
+def train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()``/``eval()`` of a dropout-family module inside :func:`mc_dropout`: it stays in
+    training mode (so ``training`` is also what a compiled graph's guards see). Outside a block
+    (a copy made inside one) it is the class's own ``train``; named ``train`` so that a model
+    pickled inside a block loads with the class's method."""
+    if self in _ACTIVE:
+        self.training = True
+        return self
+    return type(self).train(self, mode)
+
+
 @contextmanager
 def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     """Switch on only the dropout-family modules of ``model`` for the duration of the block.
@@ -88,9 +112,15 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     On entry the ``training`` flag of every module of ``model`` (``model.modules()``, the model
     included) is recorded; then each module's flag is set directly (``train()``/``eval()``
     overrides are not called): ``True`` for :func:`is_dropout_module` modules, ``False`` for
-    the rest. On exit, normal or by an exception, each recorded module gets its own flag back, so
-    models that were in mixed modes come back unchanged. Nesting works (the inner block restores
-    the MC state, the outer one the original). Yields ``model``.
+    the rest. Inside the block the dropout-family modules keep sampling whatever happens: a
+    ``model.eval()`` or ``train(False)`` leaves them in training mode (their ``train`` is
+    overridden for the block), and a direct ``module.training = False`` is undone by a forward
+    pre-hook before the module's next call (baal's ``MCDropoutModule`` keeps sampling through
+    ``eval()`` too). Other modules follow such calls as usual (``model.train()`` inside the
+    block does switch BatchNorm to batch statistics). On exit, normal or by an exception, the
+    override and the hooks are removed and each recorded module gets its own flag back, so
+    models that were in mixed modes come back unchanged. Nesting works (the inner block
+    restores the MC state, the outer one the original). Yields ``model``.
 
     Args:
         model: The network whose dropout-family modules are switched on.
@@ -103,19 +133,36 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
         ...                             dropkit.nn.Dropout(0.5)).eval()
         >>> with dropkit.mc.mc_dropout(model):
-        ...     [m.training for m in model.modules()]
-        [False, False, False, True]
+        ...     before = [m.training for m in model.modules()]
+        ...     after_eval = [m.training for m in model.eval().modules()]
+        ...     before, after_eval
+        ([False, False, False, True], [False, False, False, True])
         >>> [m.training for m in model.modules()]  # restored
         [False, False, False, False]
     """
     _check_model("mc_dropout", model)
     modules = list(model.modules())
     saved = [m.training for m in modules]
+    entered, hooks = [], []
     try:
         for m in modules:
             m.training = is_dropout_module(m)
+            if not m.training:
+                continue
+            entered.append(m)
+            _ACTIVE[m] = _ACTIVE.get(m, 0) + 1
+            if _ACTIVE[m] == 1:  # the outermost block installs the override and the hook
+                m.train = types.MethodType(train, m)
+                hooks.append(m.register_forward_pre_hook(_keep_sampling))
         yield model
     finally:
+        for hook in hooks:
+            hook.remove()
+        for m in entered:
+            _ACTIVE[m] -= 1
+            if not _ACTIVE[m]:
+                del _ACTIVE[m]
+                del m.train
         for m, flag in zip(modules, saved, strict=True):
             m.training = flag
 

@@ -305,6 +305,12 @@ class Warmup:
         return self.schedule(step) * min(step / self.steps, 1.0)
 
 
+def _is_factor(value: object) -> bool:
+    """A scale factor: a finite real number >= 0 (not a bool)."""
+    return (not isinstance(value, bool) and isinstance(value, numbers.Real)
+            and math.isfinite(value) and value >= 0)
+
+
 class RateScheduler:
     """Drives the drop rate ``p`` of dropkit modules from one schedule.
 
@@ -323,9 +329,12 @@ class RateScheduler:
 
     Raises:
         TypeError: ``schedule`` is not callable, or an item of an iterable ``modules`` is not a
-            dropkit module.
-        ValueError: No dropkit module to drive, or a scale factor that is not a real number
-            >= 0.
+            dropkit module; in :meth:`step` (and at construction, for step 0), the schedule
+            returned something that is not a real number.
+        ValueError: No dropkit module to drive, a scale factor (a value of the ``scale``
+            mapping, or what the callable returns) that is not a finite real number >= 0, or a
+            schedule value outside ``[0, 1]`` or NaN (the message names the schedule, the step
+            and the value; the step is not advanced and no rate is changed).
 
     Example:
         >>> import torch, dropkit
@@ -361,11 +370,18 @@ class RateScheduler:
                 named.append((str(i), m))
         if not named:
             raise ValueError("RateScheduler: found no dropkit module to drive.")
+        if isinstance(scale, Mapping):
+            for prefix, factor in scale.items():
+                if not _is_factor(factor):
+                    raise ValueError(
+                        f"RateScheduler: `scale[{prefix!r}]` (the factor of the modules under "
+                        f"prefix {prefix!r}) must be a finite real number >= 0, got {factor!r}."
+                    )
         self.schedule = schedule
         self.targets = [(name, module, self._factor(scale, name, module))
                         for name, module in named]
         self.steps = 0
-        self._apply()
+        self._apply(0)
 
     @staticmethod
     def _factor(scale, name: str, module: nn.Module) -> float:
@@ -376,10 +392,10 @@ class RateScheduler:
         else:
             matches = [k for k in scale if name == k or name.startswith(k + ".")]
             factor = scale[max(matches, key=len)] if matches else 1.0
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or factor < 0:
+        if not _is_factor(factor):
             raise ValueError(
-                f"RateScheduler: the scale of module {name!r} must be a real number >= 0, "
-                f"got {factor!r}."
+                f"RateScheduler: the scale of module {name!r} must be a finite real number "
+                f">= 0, got {factor!r}."
             )
         return float(factor)
 
@@ -387,20 +403,32 @@ class RateScheduler:
         """The rate each driven module has now, by name."""
         return {name: module.p for name, module, _ in self.targets}
 
-    def _apply(self) -> None:
-        base = self.schedule(self.steps)
+    def _apply(self, step: int) -> None:
+        """Set the rates of ``step`` (checked first: nothing changes if the schedule's value is
+        bad) and make it the current step."""
+        base = self.schedule(step)
+        if isinstance(base, bool) or not isinstance(base, numbers.Real):
+            raise TypeError(
+                f"RateScheduler: the schedule {self.schedule!r} returned "
+                f"{type(base).__name__} {base!r} at step {step}; a rate must be a real number "
+                f"in [0, 1]."
+            )
+        if not 0.0 <= base <= 1.0:  # also NaN
+            raise ValueError(
+                f"RateScheduler: the schedule {self.schedule!r} returned {base!r} at step "
+                f"{step}; a rate must be in [0, 1]."
+            )
         for _, module, factor in self.targets:
-            module.p = min(1.0, max(0.0, base * factor))
+            module.p = min(1.0, float(base) * factor)
+        self.steps = step
 
     def step(self) -> None:
         """Advance one step and set every driven module's rate."""
-        self.steps += 1
-        self._apply()
+        self._apply(self.steps + 1)
 
     def state_dict(self) -> dict[str, int]:
         return {"step": self.steps}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         """Restore the step (and the rates that go with it)."""
-        self.steps = _check_steps("RateScheduler", "state['step']", state["step"], minimum=0)
-        self._apply()
+        self._apply(_check_steps("RateScheduler", "state['step']", state["step"], minimum=0))

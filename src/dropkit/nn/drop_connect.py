@@ -326,6 +326,12 @@ def _conv_class(dims: int):
         def _per_sample(self, input: Tensor, seed, generator) -> Tensor:
             unbatched = input.dim() == dims + 1
             x = input.unsqueeze(0) if unbatched else input
+            if x.dim() != dims + 2 or x.shape[1] != self.in_channels:
+                axes, c = v._SPATIAL_AXES[dims], self.in_channels
+                raise ValueError(
+                    f"{name}: expected `input` of shape (N, {c}, {axes}) or ({c}, {axes}) "
+                    f"(in_channels={c}), got shape {tuple(input.shape)}."
+                )
             if torch.jit.is_tracing():
                 n = _jit.static_shape(x)[0]
                 ws = self._jit_weight(n, seed, generator)

@@ -90,8 +90,9 @@ class LockedDropout(_jit.Forward, RateModule):
                 f"(batch_first={self.batch_first}), got a {input.dim()}D tensor of shape "
                 f"{tuple(input.shape)}."
             )
-        shape = list(input.shape) if isinstance(input, Tensor) else None
-        if shape is not None:
+        shape = None
+        if isinstance(input, Tensor):  # None: the input's size (symbolic under torch.export)
+            shape = [None] * input.dim()
             shape[1 if self.batch_first else 0] = 1
         return F.dropout(input, self._rate(), self.training, noise_shape=shape, seed=seed,
                          generator=generator)
@@ -219,7 +220,7 @@ class EmbeddingDropout(_jit.Forward, RateModule):
 
     def _keep(self, input: Tensor, key: Tensor, t: int | Tensor) -> Tensor:
         key = key.to(input.device)
-        idx = input.reshape(1, -1) if input.dim() == 1 else input.reshape(input.shape[0], -1)
+        idx = input.reshape(1, -1) if input.dim() == 1 else input.flatten(1)  # also if empty
         rows = torch.arange(idx.shape[0], dtype=torch.int64, device=idx.device).unsqueeze(1)
         field = rows * self.embedding.num_embeddings + idx.to(torch.int64)  # (N, T) indices
         block, lane = field // 8, field % 8
