@@ -326,17 +326,17 @@ def _conv_class(dims: int):
         def _per_sample(self, input: Tensor, seed, generator) -> Tensor:
             unbatched = input.dim() == dims + 1
             x = input.unsqueeze(0) if unbatched else input
-            if x.dim() != dims + 2 or x.shape[1] != self.in_channels:
+            shape = _jit.static_shape(x) if torch.jit.is_tracing() else x.shape
+            if len(shape) != dims + 2 or shape[1] != self.in_channels:
                 axes, c = v._SPATIAL_AXES[dims], self.in_channels
                 raise ValueError(
                     f"{name}: expected `input` of shape (N, {c}, {axes}) or ({c}, {axes}) "
                     f"(in_channels={c}), got shape {tuple(input.shape)}."
                 )
+            n = shape[0]
             if torch.jit.is_tracing():
-                n = _jit.static_shape(x)[0]
                 ws = self._jit_weight(n, seed, generator)
             else:
-                n = x.shape[0]
                 ws = sample_weights(self.weight, n, self._rate(), seed=seed, generator=generator)
             ws = ws.reshape(n * self.out_channels, *self.weight.shape[1:])
             if self.padding_mode != "zeros":
