@@ -221,13 +221,13 @@ def test_zero_rate_is_torchs_sdpa_and_the_kernel_matches_it_within_tolerance():
 @pytest.mark.parametrize("mode", ["probs", "key"])
 @pytest.mark.parametrize("case", ["plain", "float-mask", "causal", "gqa", "bool-mask"])
 def test_gradcheck_float64(case, mode):
-    q, k, v = _inputs((1, 4, 5, 3), 6, ev=2, dtype=torch.float64, requires_grad=True,
-                      heads_kv=2 if case == "gqa" else None)
+    q, k, v = _inputs((1, 2, 4, 3), 5, ev=2, dtype=torch.float64, requires_grad=True,
+                      heads_kv=1 if case == "gqa" else None)
     mask = None
     if case == "float-mask":
-        mask = torch.randn(1, 1, 5, 6, dtype=torch.float64, requires_grad=True)
+        mask = torch.randn(1, 1, 4, 5, dtype=torch.float64, requires_grad=True)
     if case == "bool-mask":
-        mask = torch.rand(1, 4, 5, 6) > 0.3
+        mask = torch.rand(1, 2, 4, 5) > 0.3
         mask[..., 0] = True
 
     def fn(q, k, v, *m):
@@ -235,7 +235,7 @@ def test_gradcheck_float64(case, mode):
                     enable_gqa=case == "gqa", dropout_mode=mode, seed=6)
 
     args = (q, k, v) + ((mask,) if case == "float-mask" else ())
-    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradcheck(fn, args, fast_mode=True)
 
 
 def _saved_bytes(fn, *args) -> tuple[int, int]:
