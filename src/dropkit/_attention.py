@@ -61,33 +61,35 @@ def _block_keep(key: Tensor, t: int, batch, length: int, s: int, l0: int, l1: in
     return keep.to(device).reshape(*batch, l1 - l0, s)
 
 
-def _logits(q, k_t, mask, key, t, batch, length, l0, l1, scale, causal, mode) -> tuple:
-    """Masked logits of query rows ``l0:l1`` (compute dtype) and their keep field (or None)."""
+def _logits(q_scaled, k_t, mask, key, t, batch, length, l0, l1, causal, mode) -> tuple:
+    """Masked logits of query rows ``l0:l1`` (compute dtype, a fresh ``(*batch, rows, S)``
+    tensor) and their keep field (or None). ``q_scaled`` is the query times the scale."""
     s = k_t.shape[-1]
-    logits = torch.matmul(q[..., l0:l1, :], k_t) * scale
-    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    logits = torch.matmul(q_scaled[..., l0:l1, :], k_t)
+    if logits.shape[:-2] != batch:  # the mask has more batch entries than query and key
+        logits = logits.expand(*batch, l1 - l0, s).contiguous()
     if mask is not None:
         rows = mask if mask.shape[-2] == 1 else mask[..., l0:l1, :]
         if rows.dtype == torch.bool:
-            logits = torch.where(rows, logits, neg_inf)
+            logits.masked_fill_(~rows, float("-inf"))
         else:
-            logits = logits + rows.to(logits.dtype)
+            logits.add_(rows)
     if causal:
         row = torch.arange(l0, l1, device=logits.device).unsqueeze(-1)
-        logits = torch.where(torch.arange(s, device=logits.device) <= row, logits, neg_inf)
+        logits.masked_fill_(torch.arange(s, device=logits.device) > row, float("-inf"))
     keep = None
     if t > 0:
         keep = _block_keep(key, t, batch, length, s, l0, l1, logits.device)
         if mode == "key":
-            logits = torch.where(keep, logits, neg_inf)
-    return logits.expand(*batch, l1 - l0, s), keep
+            logits.masked_fill_(~keep, float("-inf"))
+    return logits, keep
 
 
 def _forward(q, k, vv, mask, key, t, keep_scale, scale, causal, mode) -> tuple[Tensor, Tensor]:
     batch = _batch_shape(q, k, vv, mask)
     length, s = q.shape[-2], k.shape[-2]
     ct = torch_ref.compute_dtype(q.dtype)
-    qc, k_t, vc = q.to(ct), k.to(ct).transpose(-2, -1), vv.to(ct)
+    q_scaled, k_t, vc = q.to(ct) * scale, k.to(ct).transpose(-2, -1), vv.to(ct)
     out = torch.empty(*batch, length, vv.shape[-1], dtype=ct, device=q.device)
     lse = torch.empty(*batch, length, dtype=ct, device=q.device)
     if s == 0:
@@ -95,15 +97,15 @@ def _forward(q, k, vv, mask, key, t, keep_scale, scale, causal, mode) -> tuple[T
     step = _rows_per_block(math.prod(batch), length, s)
     for l0 in range(0, length, step):
         l1 = min(length, l0 + step)
-        logits, keep = _logits(qc, k_t, mask, key, t, batch, length, l0, l1, scale, causal, mode)
+        logits, keep = _logits(q_scaled, k_t, mask, key, t, batch, length, l0, l1, causal, mode)
         top = logits.amax(-1, keepdim=True)
-        top = torch.where(top == float("-inf"), 0.0, top)
-        e = torch.exp(logits - top)
+        top.masked_fill_(top == float("-inf"), 0.0)
+        e = logits.sub_(top).exp_()
         total = e.sum(-1, keepdim=True)
-        weights = e / total.clamp_min(torch.finfo(ct).tiny)  # a row with nothing left -> zeros
         lse[..., l0:l1] = torch.where(total > 0, top + torch.log(total), float("inf")).squeeze(-1)
-        if keep is not None and mode == "probs":
-            weights = torch.where(keep, weights * keep_scale, 0.0)
+        weights = e.div_(total.clamp_min(torch.finfo(ct).tiny))  # nothing left -> zeros
+        if keep is not None and mode == "probs":  # = where(keep, weights * keep_scale, 0)
+            weights.mul_(keep_scale).masked_fill_(~keep, 0.0)
         out[..., l0:l1, :] = torch.matmul(weights, vc)
     return out.to(q.dtype), lse
 
@@ -113,7 +115,7 @@ def _backward(grad, q, k, vv, mask, out, lse, key, t, keep_scale, scale, causal,
     batch = _batch_shape(q, k, vv, mask)
     length, s = q.shape[-2], k.shape[-2]
     ct = torch_ref.compute_dtype(q.dtype)
-    qc, kc, vc, g = q.to(ct), k.to(ct), vv.to(ct), grad.to(ct)
+    q_scaled, kc, vc, g = q.to(ct) * scale, k.to(ct), vv.to(ct), grad.to(ct)
     k_t, v_t = kc.transpose(-2, -1), vc.transpose(-2, -1)
     delta = (g * out.to(ct)).sum(-1, keepdim=True)  # rowsum(dP * P) = rowsum(dO * O)
     dq = torch.empty(*batch, length, q.shape[-1], dtype=ct, device=q.device)
@@ -123,22 +125,22 @@ def _backward(grad, q, k, vv, mask, out, lse, key, t, keep_scale, scale, causal,
     step = _rows_per_block(math.prod(batch), length, s) if s else length
     for l0 in range(0, length if s else 0, step):
         l1 = min(length, l0 + step)
-        logits, keep = _logits(qc, k_t, mask, key, t, batch, length, l0, l1, scale, causal, mode)
-        weights = torch.exp(logits - lse[..., l0:l1, None])
+        logits, keep = _logits(q_scaled, k_t, mask, key, t, batch, length, l0, l1, causal, mode)
+        weights = logits.sub_(lse[..., l0:l1, None]).exp_()
         g_rows = g[..., l0:l1, :]
         d_weights = torch.matmul(g_rows, v_t)
         dropped = weights
         if keep is not None and mode == "probs":
-            dropped = torch.where(keep, weights * keep_scale, 0.0)
-            d_weights = torch.where(keep, d_weights * keep_scale, 0.0)
+            drop = ~keep
+            dropped = (weights * keep_scale).masked_fill_(drop, 0.0)
+            d_weights.mul_(keep_scale).masked_fill_(drop, 0.0)
         dv += torch.matmul(dropped.transpose(-2, -1), g_rows)
-        d_logits = weights * (d_weights - delta[..., l0:l1, :])
+        d_logits = d_weights.sub_(delta[..., l0:l1, :]).mul_(weights)
         if mask_grad:
             rows = dmask if mask.shape[-2] == 1 else dmask[..., l0:l1, :]
             rows += d_logits.sum_to_size(rows.shape)
-        d_logits = d_logits * scale
-        dq[..., l0:l1, :] = torch.matmul(d_logits, kc)
-        dk += torch.matmul(d_logits.transpose(-2, -1), qc[..., l0:l1, :])
+        dq[..., l0:l1, :] = torch.matmul(d_logits, kc).mul_(scale)
+        dk += torch.matmul(d_logits.transpose(-2, -1), q_scaled[..., l0:l1, :])
     if length == 0 or s == 0:
         dq.zero_()
     return (dq.sum_to_size(q.shape).to(q.dtype), dk.sum_to_size(k.shape).to(k.dtype),
