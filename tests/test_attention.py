@@ -102,6 +102,10 @@ def test_16_bit_inputs_same_mask_output_dtype(dtype):
     assert torch.equal(got != 0, torch.from_numpy(rng.keep_field((2, 2, 5, 9), 0.25, seed=7)))
     ref = written_out(q.float(), k.float(), eye.float(), p=0.25, seed=7)
     torch.testing.assert_close(got.float(), ref, atol=1e-2, rtol=1e-2)
+    bias = torch.randn(5, 9)  # a float32 mask with 16-bit inputs, as torch accepts
+    got = SDPA(q, k, eye, bias, 0.25, seed=7)
+    ref = written_out(q.float(), k.float(), eye.float(), bias, p=0.25, seed=7)
+    torch.testing.assert_close(got.float(), ref, atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("mode", ["probs", "key"])
@@ -329,7 +333,9 @@ ERRORS = [
     ((_Q, _K, _V[..., :4, :]), {}, ValueError, "`value` must have as many rows S"),
     ((_Q, _K[:, :2], _V[:, :2]), {}, ValueError, "do not broadcast"),
     ((_Q, _K, _V), {"attn_mask": torch.ones(4, 5, dtype=torch.int64)}, TypeError,
-     "`attn_mask` must have dtype torch.bool or the query's dtype"),
+     "`attn_mask` must have dtype torch.bool, torch.float32 or the query's dtype"),
+    ((_Q.double(), _K.double(), _V.double()), {"attn_mask": torch.ones(4, 5).half()}, TypeError,
+     "`attn_mask` must have dtype"),
     ((_Q, _K, _V), {"attn_mask": torch.ones(4, 4)}, ValueError,
      "`attn_mask` must broadcast to the weights' shape"),
     ((_Q, _K, _V), {"attn_mask": torch.ones(3, 3, 4, 5)}, ValueError,

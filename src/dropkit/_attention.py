@@ -232,9 +232,9 @@ def _check_mask(fn: str, mask: object, q: Tensor, batch: tuple[int, ...], length
     if not isinstance(mask, Tensor):
         raise TypeError(f"{fn}: `attn_mask` must be a torch.Tensor or None, got "
                         f"{type(mask).__name__}.")
-    if mask.dtype != torch.bool and mask.dtype != q.dtype:
-        raise TypeError(f"{fn}: `attn_mask` must have dtype torch.bool or the query's dtype "
-                        f"({q.dtype}), got {mask.dtype}.")
+    if mask.dtype not in (torch.bool, torch.float32, q.dtype):  # torch's SDPA's rule
+        raise TypeError(f"{fn}: `attn_mask` must have dtype torch.bool, torch.float32 or the "
+                        f"query's dtype ({q.dtype}), got {mask.dtype}.")
     target = (*batch, length, s)
     try:
         if mask.dim() < 2 or mask.shape[-2] not in (1, length) or mask.shape[-1] not in (1, s):
@@ -282,8 +282,8 @@ def scaled_dot_product_attention(
     Args:
         query: ``(..., L, E)``. key: ``(..., S, E)``. value: ``(..., S, Ev)``. Same floating
             dtype and device; batch dimensions broadcast.
-        attn_mask: ``None``, or a bool or query-dtype tensor broadcastable to ``(..., L, S)``;
-            a floating mask receives a gradient.
+        attn_mask: ``None``, or a bool, float32 or query-dtype tensor broadcastable to
+            ``(..., L, S)``; a floating mask receives a gradient.
         dropout_p: Probability of dropping an attention weight (or key), in ``[0, 1]``.
         is_causal: Causal masking; cannot be combined with ``attn_mask``.
         scale: Logit scale; ``1 / sqrt(E)`` when ``None``.
