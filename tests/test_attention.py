@@ -358,3 +358,19 @@ ERRORS = [
 def test_errors_name_the_argument(args, kwargs, error, message):
     with pytest.raises(error, match=f"scaled_dot_product_attention: .*{message}"):
         SDPA(*args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["probs", "key"])
+def test_opcheck(mode):
+    q, k, v = _inputs((2, 2, 5, 4), 6, requires_grad=True)
+    mask = torch.randn(2, 1, 5, 6, requires_grad=True)
+    key = torch.tensor(rng.seed_to_key(3), dtype=torch.int64)
+    t, keep_scale, _, _ = rng.affine_params("inverted", 0.3)
+    args = (q, k, v, mask, key, t, keep_scale, 0.5, False, mode)
+    torch.library.opcheck(torch.ops.dropkit.attention.default, args)
+    out, lse = _attention.attention(*args)
+    grad = torch.randn_like(out)
+    back = (grad, q.detach(), k.detach(), v.detach(), mask.detach(), out.detach(), lse, key,
+            t, keep_scale, 0.5, False, mode, True)
+    torch.library.opcheck(torch.ops.dropkit.attention_backward.default, back,
+                          test_utils=("test_schema", "test_faketensor"))
