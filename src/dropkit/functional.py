@@ -611,3 +611,8 @@ def gaussian_noise(
 
 
 __all__ += ["gaussian_noise"]
+
+
+from ._attention import scaled_dot_product_attention  # noqa: E402
+
+__all__ += ["scaled_dot_product_attention"]

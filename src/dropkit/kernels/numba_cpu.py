@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 from .. import rng
 from . import torch_ref
 
-__all__ = ["apply", "box_muller_words", "gaussian", "keep_field", "normal_field"]
+__all__ = ["apply", "box_muller_words", "gaussian", "keep_field", "keep_runs", "normal_field"]
 
 _M0 = np.uint64(rng.PHILOX_M0)
 _M1 = np.uint64(rng.PHILOX_M1)
@@ -692,3 +692,38 @@ def apply(
     else:
         broadcast_serial(xs, os_, keep, sizes, strides, 0, n // int(sizes[-1]), *consts)
     return out
+
+
+@nb.njit(parallel=True, cache=True)
+def _keep_runs(out, starts, k0, k1, tt):
+    """out[r, j] = u_(starts[r] + j) >= t: runs of the stream-0 field, in tiles of blocks."""
+    n_runs, length = out.shape
+    tiles = (length + 7) // (8 * _TILE) + 2  # enough tiles for any alignment of a run
+    for item in nb.prange(n_runs * tiles):
+        r = np.int64(item) // tiles
+        start = starts[r]
+        first = start // 8 + (np.int64(item) % tiles) * _TILE
+        stop_block = (start + length + 7) // 8
+        if first < stop_block:
+            n_blocks = min(_TILE, stop_block - first)
+            words = np.empty(_TILE * 4, dtype=np.uint32)
+            lanes = words.view(np.uint16)
+            _fill_tile(words, first, n_blocks, np.uint32(0), k0, k1)
+            lo = max(first * 8, start)
+            hi = min((first + n_blocks) * 8, start + length)
+            for i in range(lo, hi):
+                out[r, i - start] = lanes[i - first * 8] >= tt
+
+
+def keep_runs(key: tuple[int, int], t: int, starts: torch.Tensor, length: int,
+              device=None) -> torch.Tensor:
+    """:func:`dropkit.kernels.torch_ref.keep_runs` (same bits): runs of the keep field, a CPU
+    bool tensor of shape ``(len(starts), length)``."""
+    n_runs = len(starts)
+    if t >= rng.LANE_RANGE:
+        return torch.zeros(n_runs, length, dtype=torch.bool)
+    _sync_threads()
+    out = np.empty((n_runs, length), dtype=np.uint8)
+    if out.size:
+        _keep_runs(out, starts.to(torch.int64).numpy(), *_key32(key), np.uint16(t))
+    return torch.from_numpy(out).view(torch.bool)

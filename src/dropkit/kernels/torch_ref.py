@@ -24,6 +24,7 @@ __all__ = [
     "inverse",
     "is_dense",
     "keep_field",
+    "keep_runs",
     "lanes_at",
     "like_memory_format",
     "normal_field",
@@ -238,3 +239,17 @@ def apply(
     """``where(keep, x * scale + shift, fill)``, the keep field broadcast from ``noise_shape``."""
     keep = keep_field(key, t, math.prod(noise_shape), device=x.device)
     return apply_keep(x, keep.reshape(noise_shape), scale, shift, fill, out=out)
+
+
+def keep_runs(key: tuple[int, int], t: int, starts: torch.Tensor, length: int,
+              device=None) -> torch.Tensor:
+    """Boolean keep decisions of ``len(starts)`` runs of field elements: row ``r`` holds
+    elements ``starts[r] ... starts[r] + length - 1`` (``starts``: int64). Shape
+    ``(len(starts), length)``; the same bits as :func:`keep_field` at those positions."""
+    starts = starts.to(device=device, dtype=torch.int64)
+    n_blocks = (length + 7) // 8 + 1  # enough blocks for any alignment of a run
+    blocks = (starts >> 3).unsqueeze(-1) + torch.arange(n_blocks, device=device)
+    words = block_words(key, blocks, rng.STREAM_BERNOULLI)
+    lanes = torch.stack([words & 0xFFFF, words >> 16], dim=-1).reshape(len(starts), -1)
+    index = (starts & 7).unsqueeze(-1) + torch.arange(length, device=device)
+    return torch.gather(lanes, 1, index) >= t
