@@ -12,6 +12,7 @@ test the attribute mapping, not compatibility with a particular installed releas
 from __future__ import annotations
 
 import statistics
+import warnings
 
 import pytest
 import torch
@@ -277,7 +278,8 @@ def test_every_torch_class_becomes_its_dropkit_module_with_its_settings(
 
 def test_feature_alpha_dropout_needs_its_rank_and_then_shares_channels():
     layer = nn.FeatureAlphaDropout(0.25)  # a 16-bit rate: dropkit's scale is torch's
-    skipped = dropkit.convert(nn.Sequential(layer))
+    with pytest.warns(UserWarning, match="no layer was converted"):
+        skipped = dropkit.convert(nn.Sequential(layer))
     assert skipped.converted == [] and "feature_alpha_rank" in skipped.skipped[0].reason
     report = dropkit.convert(nn.Sequential(layer), feature_alpha_rank=4)
     new = report.model[0]
@@ -520,7 +522,8 @@ def test_eval_identity_of_peer_conversions():
     (TvStochasticDepth(0.2, "rows"), "mode"),
 ], ids=["with_noise", "batchwise", "gamma_scale", "bad-mode"])
 def test_peer_layers_without_an_equivalent_are_skipped_with_the_reason(layer, reason):
-    report = dropkit.convert(nn.Sequential(layer))
+    with pytest.warns(UserWarning, match="no layer was converted"):
+        report = dropkit.convert(nn.Sequential(layer))
     assert report.converted == [] and report.model[0] is layer
     (skip,) = report.skipped
     assert skip.name == "0" and skip.source == type(layer).__module__ + "." + type(
@@ -540,7 +543,12 @@ def test_include_and_exclude_by_glob_and_by_type():
         })
 
     def names(**kw):
-        return [c.name for c in dropkit.convert(model(), **kw).converted]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            converted = [c.name for c in dropkit.convert(model(), **kw).converted]
+        assert [str(w.message)[:31] for w in caught] == (
+            [] if converted else ["convert: no layer was converted"])
+        return converted
 
     assert names() == ["enc.0", "enc.1", "dec.0", "dec.1"]
     assert names(include="enc.*") == ["enc.0", "enc.1"]
@@ -570,8 +578,10 @@ def test_a_layer_registered_twice_becomes_one_shared_module():
     report = dropkit.convert(model)
     assert [c.name for c in report.converted] == ["drop"]
     assert type(model.drop) is dnn.Dropout and model.blocks[1] is model.drop
-    assert [c.name for c in dropkit.convert(
-        nn.ModuleList([nn.Dropout(), model.drop, nn.Dropout()]), include="1").converted] == []
+    with pytest.warns(UserWarning, match="no layer was converted"):
+        again = dropkit.convert(nn.ModuleList([nn.Dropout(), model.drop, nn.Dropout()]),
+                                include="1")
+    assert again.converted == []
 
 
 def test_the_model_itself_can_be_a_dropout_layer():
@@ -624,7 +634,8 @@ def test_report_records_and_table():
                                     "dropkit.nn.DropBlock2d"]
     assert "per_channel=False" in lines[3] and "note: 0:" in text
     assert "skipped:\n  2 (torch.nn.FeatureAlphaDropout): " in text
-    assert str(dropkit.convert(nn.Linear(2, 2))) == "converted 0 module(s), skipped 0"
+    with pytest.warns(UserWarning, match="no layer was converted"):
+        assert str(dropkit.convert(nn.Linear(2, 2))) == "converted 0 module(s), skipped 0"
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
