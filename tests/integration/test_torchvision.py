@@ -89,17 +89,12 @@ def _feature_extractor_matches(model: nn.Module, x: torch.Tensor) -> None:
     assert torch.equal(got, want)
 
 
-FX = pytest.mark.xfail(strict=True, reason="fx tracing: merged from the fxjit branch")
-
-
-@FX
 def test_create_feature_extractor_on_a_converted_convnext():
     model = torchvision.models.convnext_tiny(weights=None, num_classes=10,
                                              stochastic_depth_prob=0.2)
     _feature_extractor_matches(model, images(2, 32))
 
 
-@FX
 def test_create_feature_extractor_on_a_converted_efficientnet():
     model = torchvision.models.efficientnet_b0(weights=None, num_classes=10, dropout=0.2,
                                                stochastic_depth_prob=0.2)
