@@ -224,7 +224,7 @@ def drop_block_op(
         return _drop_block(x, *args, channels_last)
     if order == _flipped_order(x.dim(), len(block_size), channels_last):
         out = _drop_block(x.permute(order), *args, not channels_last)
-        return out.permute(torch_ref.inverse(order))
+        return torch_ref.unpermute(out, order)
     return torch.empty_like(x).copy_(_drop_block(x, *args, channels_last))
 
 
