@@ -321,7 +321,7 @@ def _(p):
 def rate_op(x: Tensor, key: Tensor, p: Tensor, noise_shape: list[int], kind: str) -> Tensor:
     rate = read_rate(p)
     if rate == 0.0:  # what the float path returns (the input's values), at the cost of a copy
-        return x.clone(memory_format=torch.contiguous_format)
+        return x.clone()
     if kind == "gaussian":
         if rate == 1.0:
             return torch.zeros_like(x)

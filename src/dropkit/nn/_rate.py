@@ -40,7 +40,7 @@ class RateModule(nn.Module):
         (0.3, OrderedDict())
     """
 
-    _p_const: str | None = None  # "zero" or "one": p is 0 or 1 and was never assigned
+    _p_const = None  # "zero" or "one": p is 0 or 1 and was never assigned (str or None)
 
     def __init__(self, p: float) -> None:
         super().__init__()
