@@ -342,3 +342,15 @@ def test_a_rate_tensor_that_requires_grad_is_refused(name):
     with pytest.raises(ValueError, match=rf"^{name}: `p` must not require grad"):
         f(_randn(*shape), rate)
     assert f(_randn(*shape), rate.detach(), seed=1).shape == shape
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("p", RATES)
+@pytest.mark.parametrize("name", ["Dropout", "GaussianDropout", "AlphaDropout", "DropPath"])
+def test_torchscript_draws_what_eager_draws(name, p):
+    make, make_input = MODULES[name]
+    module, x = make(p), make_input()
+    scripted = torch.jit.script(module)
+    out, out_state, ref, ref_state = _run_both(module, scripted, x, seed=4)
+    assert torch.equal(out, ref) and torch.equal(out_state, ref_state)
+    assert (out is x) == (ref is x) == (p == 0.0)
