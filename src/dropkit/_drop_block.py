@@ -327,7 +327,7 @@ def _make(spatial_dims: int):
         if not training or input.numel() == 0:
             return input
         if isinstance(p, Tensor):  # read when the op runs: no recompiles when it changes
-            key, rate = _functional.draw_key(seed, generator), p
+            key, rate = _functional.draw_key(seed, generator, rate=p), p
         elif p == 0.0:
             return input
         else:

@@ -250,13 +250,13 @@ drop_path_add_op.register_autograd(_drop_path_add_backward, setup_context=_drop_
 
 def _rate(p, kind, seed, generator, per_rank) -> tuple[Tensor, int, float, Tensor | None] | None:
     """``(key, threshold, scale, p tensor or None)`` of a training call, drawing the key as the
-    unfused function does; ``None`` when a float ``p_eff`` is 0 (the identity, no key drawn)."""
+    unfused function does (iff ``0 < p < 1``); ``None`` for a float ``p == 0`` (the identity)."""
     if isinstance(p, Tensor):
-        return F.draw_key(seed, generator, per_rank=per_rank), 0, 1.0, p
-    t, scale, _, _ = rng.affine_params(kind, p)
-    if t == 0:
+        return F.draw_key(seed, generator, per_rank=per_rank, rate=p), 0, 1.0, p
+    if p == 0.0:
         return None
-    if t == rng.LANE_RANGE:  # everything dropped without looking: no key drawn
+    t, scale, _, _ = rng.affine_params(kind, p)
+    if p == 1.0:  # everything dropped without looking: no key drawn
         return torch.tensor(F._NO_KEY, dtype=torch.int64), t, scale, None
     return F.draw_key(seed, generator, per_rank=per_rank), t, scale, None
 

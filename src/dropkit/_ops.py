@@ -20,6 +20,8 @@ see one opaque, well-described operation per call instead of Python control flow
   and a schedule can change it every step without recompiling. ``kind`` names the variant; the
   op turns ``p`` into ``(threshold, scale, shift, fill)`` with :func:`dropkit.rng.affine_params`,
   the same arithmetic as the float path.
+* ``dropkit::draw_key(p)`` draws the key for a 0-dim rate tensor iff ``0 < p < 1``, so that a
+  graph that does not guard on the rate consumes the generator as eager mode does.
 
 Outputs keep the input's memory format, as ``torch.empty_like(x)`` (``torch.preserve_format``)
 and torch's own dropout do: a ``channels_last`` (or ``channels_last_3d``, or any dense permuted)
@@ -297,9 +299,29 @@ def read_rate(p: Tensor, fn: str = "dropkit") -> float:
     return value
 
 
+# nondeterministic_seeded: like torch.randint, the compiler keeps it in program order among the
+# random ops and never recomputes it (it consumes torch's default CPU generator).
+@torch.library.custom_op("dropkit::draw_key", mutates_args=(),
+                         tags=(torch.Tag.nondeterministic_seeded,))
+def draw_key_op(p: Tensor) -> Tensor:
+    """The two key words drawn from torch's default CPU generator iff ``0 < p < 1`` (the 0-dim
+    rate tensor, read when the op runs), as the float path draws them; ``(0, 0)`` otherwise,
+    drawing nothing: a compiled graph consumes the generator as eager mode does at every rate."""
+    if 0.0 < read_rate(p) < 1.0:
+        return torch.randint(0, 2**32, (2,), dtype=torch.int64)
+    return torch.zeros(2, dtype=torch.int64)
+
+
+@draw_key_op.register_fake
+def _(p):
+    return torch.empty(2, dtype=torch.int64)
+
+
 @torch.library.custom_op("dropkit::rate_op", mutates_args=())
 def rate_op(x: Tensor, key: Tensor, p: Tensor, noise_shape: list[int], kind: str) -> Tensor:
     rate = read_rate(p)
+    if rate == 0.0:  # what the float path returns (the input's values), at the cost of a copy
+        return x.clone()
     if kind == "gaussian":
         if rate == 1.0:
             return torch.zeros_like(x)
@@ -319,7 +341,7 @@ def rate_op_backward(
 ) -> Tensor:
     """Gradient of :func:`rate_op`: the same decisions, times the scale, no shift or fill."""
     rate = read_rate(p)
-    if kind == "gaussian":
+    if kind == "gaussian" or rate == 0.0:
         return rate_op(grad, key, p, noise_shape, kind)
     t, scale, _, _ = rng.affine_params(kind, rate)
     return masked_affine(grad, key, t, noise_shape, scale, 0.0, 0.0)
