@@ -308,13 +308,83 @@ _TARGET_NAMES = {cls: f"dropkit.nn.{cls.__name__}" for cls in (
 )}
 
 
+# ---------------------------------------------------------------------------------------------
+# Attention layers: the class is swapped on a shallow copy that shares the parameters, buffers,
+# submodules and hooks (so state_dict, optimizers and hooks carry over); no new state.
+
+
+_MHA_NOTE = ("training with dropout > 0 uses dropkit's attention dropout (weights returned by "
+             "need_weights=True are the dropped ones, as torch's); eval runs torch's forward")
+_TIMM_ATTENTION_NOTE = ("training uses dropkit's scaled_dot_product_attention at attn_drop's "
+                        "rate (a dropkit attn_drop's rate is read at run time); eval runs "
+                        "timm's forward")
+
+
+def _swap_class(m: nn.Module, cls: type[nn.Module], source: dict[str, Any],
+                note: str) -> _Result:
+    new = cls.__new__(cls)
+    new.__dict__.update(m.__dict__)
+    return new, source, dict(source), (note,)
+
+
+def _torch_mha(m: nn.Module, options: _Options) -> _Result:
+    src = _attrs(m, "embed_dim", "num_heads", "dropout", "batch_first")
+    return _swap_class(m, dnn.MultiheadAttention, src, _MHA_NOTE)
+
+
+def _timm_attention(source: str) -> _Rule:
+    def rule(m: nn.Module, options: _Options) -> _Result:
+        missing = [a for a in dnn.attention._TIMM_ATTRIBUTES if not hasattr(m, a)]
+        if missing:
+            raise _Skip(f"it lacks the attributes {missing} of timm 0.9-1.0's Attention")
+        src = {"num_heads": m.num_heads, "head_dim": m.head_dim,
+               "attn_drop": getattr(m.attn_drop, "p", None),
+               "fused_attn": getattr(m, "fused_attn", None)}
+        if not isinstance(src["attn_drop"], numbers.Real):
+            raise _Skip("its attn_drop has no rate p")
+        return _swap_class(m, dnn.attention.timm_attention_class(source), src,
+                           _TIMM_ATTENTION_NOTE)
+
+    return rule
+
+
+# Rules that keep the layer's state (they run without _plan's no-state check).
+_ATTENTION_RULES: dict[str, _Rule] = {
+    "torch.nn.MultiheadAttention": _torch_mha,
+    **{name: _timm_attention(name) for name in dnn.attention.TIMM_ATTENTION},
+}
+_STATEFUL = frozenset(_ATTENTION_RULES.values())
+
+
+def _match_attention(module: nn.Module) -> tuple[str, _Rule | None, str | None] | None:
+    cls = type(module)
+    if getattr(cls, "_dropkit_attention", False):
+        return "", None, None  # converted already
+    if cls is nn.MultiheadAttention:
+        return "torch.nn.MultiheadAttention", _torch_mha, None
+    qualified = _qualified_name(cls)
+    if isinstance(module, nn.MultiheadAttention):
+        return qualified, None, ("a subclass of torch.nn.MultiheadAttention (it may change "
+                                 "forward); only the exact class is converted")
+    if qualified in _ATTENTION_RULES:
+        return qualified, _ATTENTION_RULES[qualified], None
+    return None
+
+
 def _qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _target_name(cls: type) -> str:
+    return _TARGET_NAMES.get(cls) or _qualified_name(cls).replace(".attention.", ".", 1)
 
 
 def _match_rule(module: nn.Module) -> tuple[str, _Rule | None, str | None]:
     """``(source name, rule, None)`` for a known class, ``(name, None, reason)`` for a subclass
     of one, ``("", None, None)`` otherwise."""
+    attention = _match_attention(module)
+    if attention is not None:
+        return attention
     cls = type(module)
     if cls in _TORCH_RULES:
         source, rule = _TORCH_RULES[cls]
@@ -324,7 +394,8 @@ def _match_rule(module: nn.Module) -> tuple[str, _Rule | None, str | None]:
         return qualified, _PEER_RULES[qualified], None
     for base in cls.__mro__[1:]:
         known = _TORCH_RULES[base][0] if base in _TORCH_RULES else (
-            _qualified_name(base) if _qualified_name(base) in _PEER_RULES else None)
+            _qualified_name(base) if _qualified_name(base) in _PEER_RULES
+            or _qualified_name(base) in _ATTENTION_RULES else None)
         if known is not None:
             return qualified, None, (f"a subclass of {known} (it may change forward); only "
                                      "the exact classes are converted")
@@ -335,6 +406,8 @@ _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_
 
 
 def _plan(module: nn.Module, rule: _Rule, options: _Options) -> _Result:
+    if rule in _STATEFUL:
+        return rule(module, options)
     if any(getattr(module, h, None) for h in _HOOKS):
         raise _Skip("it has forward or backward hooks, which a replacement would lose")
     if (next(module.children(), None) is not None
@@ -495,7 +568,7 @@ def convert(
             continue
         replacements[key] = new
         report.converted.append(ConvertedModule(
-            all_names[0], source, _TARGET_NAMES[type(new)], src, settings, module.training,
+            all_names[0], source, _target_name(type(new)), src, settings, module.training,
             notes))
 
     # Swap only after every layer was planned: a shared layer gets one module everywhere.
