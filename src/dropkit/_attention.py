@@ -197,8 +197,8 @@ def attention_backward(
 
 def _backward_fake(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                    mask_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dmask = q.new_empty(mask.shape if mask_grad else (0,))
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+    dmask = q.new_empty(mask.shape if mask_grad else (0,))  # contiguous, as _backward's
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
 @attention_backward.register_fake

@@ -332,26 +332,23 @@ def _torch_mha(m: nn.Module, options: _Options) -> _Result:
     return _swap_class(m, dnn.MultiheadAttention, src, _MHA_NOTE)
 
 
-def _timm_attention(source: str) -> _Rule:
-    def rule(m: nn.Module, options: _Options) -> _Result:
-        missing = [a for a in dnn.attention._TIMM_ATTRIBUTES if not hasattr(m, a)]
-        if missing:
-            raise _Skip(f"it lacks the attributes {missing} of timm 0.9-1.0's Attention")
-        src = {"num_heads": m.num_heads, "head_dim": m.head_dim,
-               "attn_drop": getattr(m.attn_drop, "p", None),
-               "fused_attn": getattr(m, "fused_attn", None)}
-        if not isinstance(src["attn_drop"], numbers.Real):
-            raise _Skip("its attn_drop has no rate p")
-        return _swap_class(m, dnn.attention.timm_attention_class(source), src,
-                           _TIMM_ATTENTION_NOTE)
-
-    return rule
+def _timm_attention(m: nn.Module, options: _Options) -> _Result:
+    missing = [a for a in dnn.attention._TIMM_ATTRIBUTES if not hasattr(m, a)]
+    if missing:
+        raise _Skip(f"it lacks the attributes {missing} of timm 0.9-1.0's Attention")
+    src = {"num_heads": m.num_heads, "head_dim": m.head_dim,
+           "attn_drop": getattr(m.attn_drop, "p", None),
+           "fused_attn": getattr(m, "fused_attn", None)}
+    if isinstance(src["attn_drop"], bool) or not isinstance(src["attn_drop"], numbers.Real):
+        raise _Skip("its attn_drop has no rate p")
+    return _swap_class(m, dnn.attention.timm_attention_class(type(m)), src,
+                       _TIMM_ATTENTION_NOTE)
 
 
 # Rules that keep the layer's state (they run without _plan's no-state check).
 _ATTENTION_RULES: dict[str, _Rule] = {
     "torch.nn.MultiheadAttention": _torch_mha,
-    **{name: _timm_attention(name) for name in dnn.attention.TIMM_ATTENTION},
+    **dict.fromkeys(dnn.attention.TIMM_ATTENTION, _timm_attention),
 }
 _STATEFUL = frozenset(_ATTENTION_RULES.values())
 

@@ -169,8 +169,10 @@ def _multi_head_attention(m: nn.MultiheadAttention, query, key, value, key_paddi
         weights = DF.dropout(torch.softmax(logits, dim=-1), m.dropout)
         out = torch.bmm(weights, v)
     else:
-        mask4 = None if attn_mask is None else attn_mask.view(-1, h if attn_mask.shape[0] > 1
-                                                              else 1, length, s)
+        mask4 = attn_mask
+        if attn_mask is not None:
+            mask4 = (attn_mask.unsqueeze(0) if attn_mask.shape[0] == 1
+                     else attn_mask.view(n, h, -1, s))
         out = DF.scaled_dot_product_attention(
             q.view(n, h, length, e), k.view(n, h, s, e), v.view(n, h, s, e), mask4,
             m.dropout, is_causal)
@@ -233,27 +235,30 @@ _TIMM_ATTRIBUTES = ("qkv", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop",
                     "head_dim", "scale")
 
 
-def timm_attention_class(source: str) -> type[nn.Module]:
-    """The dropkit subclass of timm's attention class ``source`` (a key of
+_TIMM_SUBCLASSES: dict[type, type] = {}
+
+
+def timm_attention_class(base: type[nn.Module]) -> type[nn.Module]:
+    """The dropkit subclass of timm's attention class ``base`` (its qualified name a key of
     ``TIMM_ATTENTION``), made once and kept in this module under its name, so that models
     holding it pickle and deep-copy (unpickling imports timm).
 
     Raises:
-        ValueError: ``source`` is not one of ``TIMM_ATTENTION``.
+        ValueError: ``base`` is not one of timm's classes in ``TIMM_ATTENTION``.
     """
+    source = f"{base.__module__}.{base.__qualname__}"
     if source not in TIMM_ATTENTION:
-        raise ValueError(f"timm_attention_class: `source` must be one of "
+        raise ValueError(f"timm_attention_class: `base` must be one of "
                          f"{sorted(TIMM_ATTENTION)}, got {source!r}.")
-    name = TIMM_ATTENTION[source]
-    cls = globals().get(name)
+    cls = _TIMM_SUBCLASSES.get(base)
     if cls is None:
-        module, _, qualname = source.rpartition(".")
-        base = getattr(importlib.import_module(module), qualname)
+        name = TIMM_ATTENTION[source]
         cls = type(name, (base,), {
             "forward": _timm_forward, "_dropkit_attention": True, "__module__": __name__,
             "__qualname__": name,
             "__doc__": f"{source} whose attention dropout is dropkit's (dropkit.convert).",
         })
+        _TIMM_SUBCLASSES[base] = cls
         setattr(sys.modules[__name__], name, cls)
     return cls
 
@@ -261,5 +266,6 @@ def timm_attention_class(source: str) -> type[nn.Module]:
 def __getattr__(name: str) -> type[nn.Module]:  # unpickling a converted timm model
     for source, known in TIMM_ATTENTION.items():
         if name == known:
-            return timm_attention_class(source)
+            module, _, qualname = source.rpartition(".")
+            return timm_attention_class(getattr(importlib.import_module(module), qualname))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
