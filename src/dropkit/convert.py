@@ -21,6 +21,8 @@ class name, so neither library has to be installed for dropkit to import):
 | timm ``DropBlock2d`` (<= 1.0.22) | the same with ``per_channel=True, scale="batch"`` (note 3) |
 | torchvision ``StochasticDepth(p, mode)`` | ``DropPath(p, mode=mode, scale_by_keep=True)`` |
 | torchvision ``DropBlock2d/3d(p, block_size, inplace, eps)`` | ``DropBlock2d/3d(p, block_size, inplace, per_channel=True, scale="batch")`` (note 4) |
+| ``torch.nn.MultiheadAttention`` | ``MultiheadAttention`` (the class swapped, parameters shared; note 5) |
+| timm ``Attention`` (``timm.layers.attention``, ``timm.models.vision_transformer``) | ``dropkit.nn.attention.TimmAttention`` (the class swapped; note 5) |
 
 The timm classes are matched as ``timm.layers.drop.*`` and, before timm 0.9,
 ``timm.models.layers.drop.*``; torchvision's as ``torchvision.ops.stochastic_depth.*`` and
@@ -45,8 +47,12 @@ Notes:
    fraction is slightly below ``p`` because blocks overlap); dropkit's is exactly ``p``.
    ``eps`` is not needed (an all-dropped map gives zeros, never a division by zero).
 
+5. Attention layers keep their parameters, buffers, submodules and hooks (a shallow copy with
+   the dropkit class); in training their attention dropout is dropkit's
+   ``scaled_dot_product_attention``, in eval their own ``forward`` runs (bit-equal).
+
 Only these exact classes are converted: a subclass (which may override ``forward``) is
-reported as skipped, as are layers with hooks, parameters, buffers or children, and layers
+reported as skipped, as are dropout layers with hooks, parameters, buffers or children, and layers
 whose settings dropkit rejects (e.g. ``p`` set to 1.5 after construction)."""  # noqa: E501
 
 from __future__ import annotations
