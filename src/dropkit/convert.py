@@ -21,6 +21,8 @@ class name, so neither library has to be installed for dropkit to import):
 | timm ``DropBlock2d`` (<= 1.0.22) | the same with ``per_channel=True, scale="batch"`` (note 3) |
 | torchvision ``StochasticDepth(p, mode)`` | ``DropPath(p, mode=mode, scale_by_keep=True)`` |
 | torchvision ``DropBlock2d/3d(p, block_size, inplace, eps)`` | ``DropBlock2d/3d(p, block_size, inplace, per_channel=True, scale="batch")`` (note 4) |
+| ``torch.nn.MultiheadAttention`` | ``MultiheadAttention`` (the class swapped, parameters shared; note 5) |
+| timm ``Attention`` (``timm.layers.attention``, ``timm.models.vision_transformer``) | ``dropkit.nn.attention.TimmAttention`` (the class swapped; note 5) |
 
 The timm classes are matched as ``timm.layers.drop.*`` and, before timm 0.9,
 ``timm.models.layers.drop.*``; torchvision's as ``torchvision.ops.stochastic_depth.*`` and
@@ -57,8 +59,12 @@ torch's dropout inside that kernel is what drops; so is ``nn.MultiheadAttention`
 :mod:`inspect` (the pattern ``self.<name>.p``); a layer it also calls is converted when the
 parent has ``fused_attn=False``.
 
+5. Attention layers keep their parameters, buffers, submodules and hooks (a shallow copy with
+   the dropkit class); in training their attention dropout is dropkit's
+   ``scaled_dot_product_attention``, in eval their own ``forward`` runs (bit-equal).
+
 Only these exact classes are converted: a subclass (which may override ``forward``) is
-reported as skipped, as are layers with hooks, parameters, buffers or children, and layers
+reported as skipped, as are dropout layers with hooks, parameters, buffers or children, and layers
 whose settings dropkit rejects (e.g. ``p`` set to 1.5 after construction)."""  # noqa: E501
 
 from __future__ import annotations
@@ -443,13 +449,80 @@ _TARGET_NAMES = {cls: f"dropkit.nn.{cls.__name__}" for cls in (
 )}
 
 
+# ---------------------------------------------------------------------------------------------
+# Attention layers: the class is swapped on a shallow copy that shares the parameters, buffers,
+# submodules and hooks (so state_dict, optimizers and hooks carry over); no new state.
+
+
+_MHA_NOTE = ("training with dropout > 0 uses dropkit's attention dropout (weights returned by "
+             "need_weights=True are the dropped ones, as torch's); eval runs torch's forward")
+_TIMM_ATTENTION_NOTE = ("training uses dropkit's scaled_dot_product_attention at attn_drop's "
+                        "rate (a dropkit attn_drop's rate is read at run time); eval runs "
+                        "timm's forward")
+
+
+def _swap_class(m: nn.Module, cls: type[nn.Module], source: dict[str, Any],
+                note: str) -> _Result:
+    new = cls.__new__(cls)
+    new.__dict__.update(m.__dict__)
+    return new, source, dict(source), (note,)
+
+
+def _torch_mha(m: nn.Module, options: _Options) -> _Result:
+    src = _attrs(m, "embed_dim", "num_heads", "dropout", "batch_first")
+    return _swap_class(m, dnn.MultiheadAttention, src, _MHA_NOTE)
+
+
+def _timm_attention(m: nn.Module, options: _Options) -> _Result:
+    missing = [a for a in dnn.attention._TIMM_ATTRIBUTES if not hasattr(m, a)]
+    if missing:
+        raise _Skip(f"it lacks the attributes {missing} of timm 0.9-1.0's Attention")
+    src = {"num_heads": m.num_heads, "head_dim": m.head_dim,
+           "attn_drop": getattr(m.attn_drop, "p", None),
+           "fused_attn": getattr(m, "fused_attn", None)}
+    if isinstance(src["attn_drop"], bool) or not isinstance(src["attn_drop"], numbers.Real):
+        raise _Skip("its attn_drop has no rate p")
+    return _swap_class(m, dnn.attention.timm_attention_class(type(m)), src,
+                       _TIMM_ATTENTION_NOTE)
+
+
+# Rules that keep the layer's state (they run without _plan's no-state check).
+_ATTENTION_RULES: dict[str, _Rule] = {
+    "torch.nn.MultiheadAttention": _torch_mha,
+    **dict.fromkeys(dnn.attention.TIMM_ATTENTION, _timm_attention),
+}
+_STATEFUL = frozenset(_ATTENTION_RULES.values())
+
+
+def _match_attention(module: nn.Module) -> tuple[str, _Rule | None, str | None] | None:
+    cls = type(module)
+    if getattr(cls, "_dropkit_attention", False):
+        return "", None, None  # converted already
+    if cls is nn.MultiheadAttention:
+        return "torch.nn.MultiheadAttention", _torch_mha, None
+    qualified = _qualified_name(cls)
+    if isinstance(module, nn.MultiheadAttention):
+        return qualified, None, ("a subclass of torch.nn.MultiheadAttention (it may change "
+                                 "forward); only the exact class is converted")
+    if qualified in _ATTENTION_RULES:
+        return qualified, _ATTENTION_RULES[qualified], None
+    return None
+
+
 def _qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _target_name(cls: type) -> str:
+    return _TARGET_NAMES.get(cls) or _qualified_name(cls).replace(".attention.", ".", 1)
 
 
 def _match_rule(module: nn.Module) -> tuple[str, _Rule | None, str | None]:
     """``(source name, rule, None)`` for a known class, ``(name, None, reason)`` for a subclass
     of one, ``("", None, None)`` otherwise."""
+    attention = _match_attention(module)
+    if attention is not None:
+        return attention
     cls = type(module)
     if cls in _TORCH_RULES:
         source, rule = _TORCH_RULES[cls]
@@ -459,7 +532,8 @@ def _match_rule(module: nn.Module) -> tuple[str, _Rule | None, str | None]:
         return qualified, _PEER_RULES[qualified], None
     for base in cls.__mro__[1:]:
         known = _TORCH_RULES[base][0] if base in _TORCH_RULES else (
-            _qualified_name(base) if _qualified_name(base) in _PEER_RULES else None)
+            _qualified_name(base) if _qualified_name(base) in _PEER_RULES
+            or _qualified_name(base) in _ATTENTION_RULES else None)
         if known is not None:
             return qualified, None, (f"a subclass of {known} (it may change forward); only "
                                      "the exact classes are converted")
@@ -524,6 +598,8 @@ _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_
 
 
 def _plan(module: nn.Module, rule: _Rule, options: _Options) -> _Result:
+    if rule in _STATEFUL:
+        return rule(module, options)
     if any(getattr(module, h, None) for h in _HOOKS):
         raise _Skip("it has forward or backward hooks, which a replacement would lose")
     if (next(module.children(), None) is not None
@@ -775,7 +851,7 @@ def convert(
             continue
         replacements[key] = new
         report.converted.append(ConvertedModule(
-            all_names[0], source, _TARGET_NAMES[type(new)], src, settings, module.training,
+            all_names[0], source, _target_name(type(new)), src, settings, module.training,
             notes))
 
     # Swap only after every layer was planned: a shared layer gets one module everywhere.
