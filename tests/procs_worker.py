@@ -26,18 +26,21 @@ SHAPES = {"big": (4, 80, 1000), "small": (2, 4, 250)}
 
 
 def results(size: str) -> dict[str, torch.Tensor]:
-    """The workload: each dropout variant's output on a fixed input of ``SHAPES[size]``."""
+    """The workload: each dropout variant's output on a fixed input of ``SHAPES[size]`` (only
+    those named in ``DROPKIT_TEST_WORKLOAD``, comma-separated, where set: fewer compiles)."""
     n, c, length = SHAPES[size]
     x = torch.linspace(-3.0, 3.0, n * c * length).reshape(n, c, length)
-    planes = x.reshape(n, c, length // 25, 25)
-    return {
-        "dropout": F.dropout(x, 0.3, seed=7),
-        "spatial": F.spatial_dropout1d(x, 0.3, seed=7),
-        "gaussian": F.gaussian_dropout(x, 0.3, seed=7),
-        "bfloat16": F.dropout(x.bfloat16(), 0.3, seed=7),
-        "float16": F.dropout(x.half(), 0.3, seed=7),
-        "drop_block": F.drop_block2d(planes, 0.2, 5, seed=7),
+    work = {
+        "dropout": lambda: F.dropout(x, 0.3, seed=7),
+        "spatial": lambda: F.spatial_dropout1d(x, 0.3, seed=7),
+        "gaussian": lambda: F.gaussian_dropout(x, 0.3, seed=7),
+        "bfloat16": lambda: F.dropout(x.bfloat16(), 0.3, seed=7),
+        "float16": lambda: F.dropout(x.half(), 0.3, seed=7),
+        "drop_block": lambda: F.drop_block2d(x.reshape(n, c, length // 25, 25), 0.2, 5, seed=7),
     }
+    names = os.environ.get("DROPKIT_TEST_WORKLOAD")
+    return {name: run() for name, run in work.items()
+            if names is None or name in names.split(",")}
 
 
 def digests(size: str) -> dict[str, str]:

@@ -24,16 +24,21 @@ _TESTS = Path(__file__).resolve().parent
 _SRC = Path(dropkit.__file__).resolve().parent.parent  # the dropkit under test
 
 
-def _expected(size: str) -> dict[str, str]:
-    """The workload's digests from the pure-PyTorch path, in this process."""
+def _expected(size: str, workload: str | None = None) -> dict[str, str]:
+    """The workload's digests from the pure-PyTorch path, in this process (``workload``: the
+    worker's ``DROPKIT_TEST_WORKLOAD``)."""
     dropkit.set_backend("torch")
-    return procs_worker.digests(size)
+    with pytest.MonkeyPatch.context() as patch:
+        if workload is not None:
+            patch.setenv("DROPKIT_TEST_WORKLOAD", workload)
+        return procs_worker.digests(size)
 
 
 def _run(scenario: str, size: str, src: Path = _SRC, **env: str | None) -> dict:
     """Run a worker scenario with ``src`` first on the path and ``env`` set (``None``: unset)."""
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join((str(src), str(_TESTS)))}
-    environ.pop("DROPKIT_BACKEND", None)
+    for name in ("DROPKIT_BACKEND", "DROPKIT_TEST_WORKLOAD"):
+        environ.pop(name, None)
     for name, value in env.items():
         if value is None:
             environ.pop(name, None)
@@ -88,16 +93,18 @@ def _read_only_copy(root: Path) -> Path:
 
 def test_read_only_install_compiles_uncached(tmp_path):
     # numba finds no cache locator: no writable __pycache__, HOME's cache directory cannot
-    # exist (HOME is under a file), no NUMBA_CACHE_DIR. Small inputs keep the compile short.
+    # exist (HOME is under a file), no NUMBA_CACHE_DIR. Two variants keep the compile short.
     (tmp_path / "file").write_text("")
+    workload = "dropout,gaussian"
     report = _run("plain", "small", src=_read_only_copy(tmp_path),
                   HOME=str(tmp_path / "file" / "home"), NUMBA_CACHE_DIR=None,
-                  XDG_CACHE_HOME=None, PYTHONDONTWRITEBYTECODE="1")
+                  XDG_CACHE_HOME=None, PYTHONDONTWRITEBYTECODE="1",
+                  DROPKIT_TEST_WORKLOAD=workload)
     assert report["dropkit"].startswith(str(tmp_path))
     assert report["backend"] == "dropkit.kernels.numba_cpu"
     assert report["cache"] == "NullCache"  # compiled, not cached
     assert report["warnings"] == []
-    assert report["digests"] == _expected("small")
+    assert report["digests"] == _expected("small", workload)
 
 
 def test_numba_disable_jit_uses_the_torch_path():
