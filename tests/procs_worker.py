@@ -145,13 +145,17 @@ def _plain(size: str) -> dict:
 
 
 def _broken_llvmlite(size: str) -> dict:
-    """:func:`_plain` where llvmlite's library cannot load (importing it raises OSError)."""
+    """:func:`_plain` where importing llvmlite's library raises ``DROPKIT_TEST_LLVMLITE_ERROR``
+    (``OSError``: it cannot load; ``ImportError``: it is missing)."""
     import importlib.abc
+
+    error = {"OSError": OSError, "ImportError": ImportError}[
+        os.environ["DROPKIT_TEST_LLVMLITE_ERROR"]]
 
     class Broken(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name == "llvmlite.binding":
-                raise OSError("could not load libllvmlite.so (simulated)")
+                raise error("could not load libllvmlite.so (simulated)")
             return None
 
     sys.meta_path.insert(0, Broken())

@@ -117,14 +117,19 @@ def test_numba_disable_jit_uses_the_torch_path():
     assert "NUMBA_DISABLE_JIT" in report["forced"]
 
 
-def test_a_broken_compiler_falls_back_to_the_torch_path_with_a_warning():
-    # llvmlite (numba's compiler) whose library cannot load raises OSError, not ImportError.
-    report = _run("broken_llvmlite", "small")
+@pytest.mark.parametrize("error", ["OSError", "ImportError"])
+def test_a_broken_or_missing_compiler_falls_back_to_the_torch_path(error):
+    # llvmlite (numba's compiler) whose library cannot load raises OSError: one warning; a
+    # missing one raises ImportError: none (numba is optional). Forcing numba raises the error.
+    report = _run("broken_llvmlite", "small", DROPKIT_TEST_LLVMLITE_ERROR=error)
     assert report["backend"] == "dropkit.kernels.torch_ref"
     assert report["digests"] == _expected("small")
-    assert len(report["warnings"]) == 1
-    assert "numba kernels cannot load (OSError" in report["warnings"][0]
-    assert report["forced"].startswith("OSError: ")
+    if error == "OSError":
+        assert len(report["warnings"]) == 1
+        assert "numba kernels cannot load (OSError" in report["warnings"][0]
+    else:
+        assert report["warnings"] == []
+    assert report["forced"].startswith(f"{error}: ")
 
 
 @pytest.mark.parametrize("size", ["small", "big"])
