@@ -12,7 +12,10 @@ signatures and the same bits; a backend may also offer ``gaussian(x, key, std)``
 dropout, ``None`` where it does not apply), which ``dropkit::gaussian_mul`` uses when present.
 The choice is ``"auto"`` by default; ``DROPKIT_BACKEND`` in the environment or
 :func:`set_backend` can force ``"numba"``, ``"torch"`` or ``"triton"``. Backends are imported on
-first use, so ``import dropkit`` stays light (it never imports triton).
+first use, so ``import dropkit`` stays light (it never imports triton). Under ``"auto"``, a
+backend that cannot load (package missing or broken, numba's JIT disabled) gives way to the
+pure-PyTorch path, with a warning when the package is broken rather than missing; forced, the
+error is raised.
 """
 
 from __future__ import annotations

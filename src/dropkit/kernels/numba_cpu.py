@@ -13,6 +13,12 @@ share that arithmetic.
 Gaussian noise (stream 1) is the spec's Box-Muller (:func:`dropkit.rng.box_muller`) transcribed
 to scalar float64 code with the same bits; :func:`gaussian` generates it and multiplies float32
 and float64 inputs in one pass.
+
+Since no bit depends on how the work is split, the serial kernels stand in wherever a parallel
+launch cannot run: in a forked child under a threading layer that is not fork-safe, and small
+inputs always. Launches are serialized under numba's ``workqueue`` layer (not thread-safe), and
+the kernels compile uncached where numba cannot cache (docs/guides/processes.md). The module
+does not import under ``NUMBA_DISABLE_JIT`` (the dispatcher then uses ``torch_ref``).
 """
 
 from __future__ import annotations
