@@ -163,7 +163,7 @@ def _broken_llvmlite(size: str) -> dict:
     return _plain(size)
 
 
-SCENARIOS = {"fork": _fork, "dataloader": _dataloader, "threads": _threads, "plain": _plain,
+SCENARIOS = {"dataloader": _dataloader, "threads": _threads, "plain": _plain,
              "broken_llvmlite": _broken_llvmlite}
 
 if __name__ == "__main__":

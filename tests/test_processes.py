@@ -51,19 +51,6 @@ def _run(scenario: str, size: str, src: Path = _SRC, **env: str | None) -> dict:
     return json.loads(result.stdout)
 
 
-def _check_fork(report: dict, expected: dict[str, str]) -> None:
-    assert report["digests"] == expected
-    assert report["status"] == 0, f"the forked child ended with wait status {report['status']}"
-    assert report["child"] == expected
-    assert report["pool"] == [expected, expected]
-
-
-def test_forked_children_after_parallel_kernels_give_the_parents_bits():
-    # GNU OpenMP (numba's "omp" layer here) kills a forked child that launches a parallel
-    # kernel once the parent has: the children run the serial kernels instead.
-    _check_fork(_run("fork", "big"), _expected("big"))
-
-
 def test_dataloader_workers_with_fork_give_the_parents_bits():
     report = _run("dataloader", "big")
     expected = _expected("big")
@@ -71,13 +58,20 @@ def test_dataloader_workers_with_fork_give_the_parents_bits():
     assert report["workers"] == [expected] * 4
 
 
-def test_threads_under_the_workqueue_layer_do_not_abort():
-    # numba's workqueue layer (where neither OpenMP nor TBB is available) aborts the process
-    # when two threads launch parallel kernels at once; it is fork-safe, so forks still work.
-    report = _run("threads", "big", NUMBA_THREADING_LAYER="workqueue")
+@pytest.mark.parametrize("layer", [None, "workqueue"])
+def test_threads_then_forked_children_give_the_spec_bits(layer):
+    # Four threads launch parallel kernels at once, then the process forks. numba's workqueue
+    # layer (where neither OpenMP nor TBB is available) aborts the process on concurrent
+    # launches: they take a lock. GNU OpenMP (numba's default "omp" layer here) kills a forked
+    # child that launches a parallel kernel once the parent has: the child runs the serial
+    # kernels. workqueue is fork-safe: its children launch in parallel.
+    report = _run("threads", "big", NUMBA_THREADING_LAYER=layer)
     expected = _expected("big")
     assert report["threads"] == [expected] * 20
-    _check_fork(report, expected)
+    assert report["digests"] == expected
+    assert report["status"] == 0, f"the forked child ended with wait status {report['status']}"
+    assert report["child"] == expected
+    assert report["pool"] == [expected, expected]
 
 
 def _read_only_copy(root: Path) -> Path:
