@@ -73,8 +73,10 @@ def _fork(size: str) -> dict:
     with os.fdopen(read) as pipe:
         child = json.loads(pipe.read() or "null")
     _, status = os.waitpid(pid, 0)
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        pooled = pool.map(_in_child, [size, size])
+    pooled = None
+    if status == 0:  # else the pool would wait forever for its killed workers' results
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            pooled = pool.map_async(_in_child, [size, size]).get(timeout=240)
     return {"digests": parent, "child": child, "status": status, "pool": pooled}
 
 
