@@ -154,13 +154,7 @@ def _numba():
     """The numba kernel module, or None (not importable, or the torch backend is forced)."""
     if kernels.get_backend() == "torch":
         return None
-    try:
-        from .kernels import drop_block_numba
-    except ImportError:
-        if kernels.get_backend() == "numba":
-            raise
-        return None
-    return drop_block_numba
+    return kernels._load("drop_block_numba", "numba")
 
 
 # ---------------------------------------------------------------------------------------------
