@@ -129,13 +129,14 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace, offset=None) -
     if not isinstance(key, Tensor):
         key = torch.tensor(key, dtype=torch.int64)
     if offset is not None:
-        return _ops.masked_affine_at(input, key, t, list(noise_shape), list(offset), scale,
-                                     shift, fill)
+        return _ops.masked_affine_at_eager(input, key, t, list(noise_shape), list(offset),
+                                           scale, shift, fill)
     args = (key, t, list(noise_shape), scale, shift, fill)
     if not inplace:
         return _ops.masked_affine_eager(input, *args)
-    if torch.is_grad_enabled() and input.requires_grad:
-        # Autograd needs the out-of-place op; copying back keeps `inplace` semantics.
+    if (torch.is_grad_enabled() and input.requires_grad) or _ops._transformed():
+        # Autograd (forward mode and functorch too) needs the out-of-place op; copying back
+        # keeps `inplace` semantics.
         return input.copy_(_ops.masked_affine_eager(input, *args))
     _ops.masked_affine_(input, *args)
     return input
@@ -144,7 +145,7 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace, offset=None) -
 def _run_rate(input, p, noise_shape, kind, inplace, seed, generator, per_rank=True) -> Tensor:
     """The tensor-rate path: the op reads ``p`` at run time (no recompiles when it changes)."""
     key = draw_key(seed, generator, per_rank=per_rank)
-    out = _ops.rate_op(input, key, p, list(noise_shape), kind)
+    out = _ops.rate_op_eager(input, key, p, list(noise_shape), kind)
     return input.copy_(out) if inplace else out
 
 
@@ -254,7 +255,7 @@ def dropout(
         t, scale, _, _ = rng.affine_params("inverted" if mode == "inverted" else "unscaled", rate)
         if 0 < t < rng.LANE_RANGE:  # p = 0 and p = 1 keep nothing for backward anyway
             key = draw_key(seed, generator)
-            out, _ = _ops.masked_affine_bits(input, key, t, list(shape), scale, 0.0, 0.0)
+            out, _ = _ops.masked_affine_bits_eager(input, key, t, list(shape), scale, 0.0, 0.0)
             return input.copy_(out) if inplace else out
     return _dropout_impl(input, p, training, inplace, mode, shape, seed, generator)
 
@@ -409,7 +410,7 @@ def gaussian_dropout(
         return input
     if p == 1.0:
         return _run(input, _NO_KEY, rng.LANE_RANGE, input.shape, 0.0, 0.0, 0.0, inplace)
-    out = _ops.gaussian_mul(input, draw_key(seed, generator), math.sqrt(p / (1.0 - p)))
+    out = _ops.gaussian_mul_eager(input, draw_key(seed, generator), math.sqrt(p / (1.0 - p)))
     return input.copy_(out) if inplace else out
 
 
