@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
+from torch._C._functorch import is_legacy_batchedtensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import kernels, rng
@@ -140,6 +141,20 @@ def _vmap_by_slices(op: Callable[..., Any]) -> Callable[..., Any]:
     return rule
 
 
+class _Leaf:
+    """A list argument boxed for functorch: its pytree code would see a list as several leaves
+    (and miscount the tangents of an ``autograd.Function`` under ``vmap(jvp)``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+def _unbox(inputs: Sequence[object]) -> tuple:
+    return tuple(a.value if type(a) is _Leaf else a for a in inputs)
+
+
 def differentiable(
     op: Callable[..., Any],
     setup: Callable[..., None],
@@ -149,16 +164,17 @@ def differentiable(
     jvp: Callable[..., Any] | None = None,
     fast: Callable[..., Any] | None = None,
 ) -> Callable[..., Any]:
-    """Register ``op``'s reverse mode (``setup``, ``backward``) and return its eager entry point.
+    """Register ``op``'s reverse mode (``setup``, ``backward``) and batching rule
+    (:func:`_vmap_by_slices`), and return its eager entry point.
 
     The entry point calls ``op`` itself when it is traced (:func:`_traced`: compile, export,
     fake tensors; they see the custom op and its registered autograd) and in plain eager mode.
     Under forward-mode AD or a functorch transform (:func:`_transformed`), and always when
     ``fast`` is given, it calls an ``autograd.Function`` ``name`` with the same ``setup`` and
-    ``backward``, a ``jvp`` and ``generate_vmap_rule``, whose forward is ``fast`` (the op's
-    code without the dispatcher, about 15 us less per call) or, under functorch, ``op``
-    (so ``vmap`` reaches the op's batching rule, :func:`_vmap_by_slices`, also registered
-    here).
+    ``backward``, a ``jvp`` and ``generate_vmap_rule``. Its forward is ``fast`` (the op's code
+    without the dispatcher, about 15 us less per call) if given, else ``op``; under functorch
+    transforms a twin of the Function with boxed list arguments (:class:`_Leaf`) runs ``op``
+    (so ``vmap`` reaches the op's batching rule).
 
     ``jvp(ctx, *tangents)`` defaults to ``backward`` applied to the tangent of the first input:
     right for an op that is affine in its only differentiable input with a diagonal linear
@@ -168,27 +184,38 @@ def differentiable(
     torch.library.register_vmap(op, _vmap_by_slices(op))
 
     def forward(*inputs):
-        if fast is not None and not torch._C._are_functorch_transforms_active():
-            return fast(*inputs)
-        return op(*inputs)
+        # gradcheck's batched checks use the legacy vmap (no functorch transform is active)
+        if fast is None or is_legacy_batchedtensor(inputs[0]):
+            return op(*inputs)
+        return fast(*inputs)
 
     def linear_jvp(ctx, tangent, *_):
         return None if tangent is None else backward(ctx, tangent)[0]
 
-    function = type(name, (torch.autograd.Function,), {
+    methods = {
         "generate_vmap_rule": True,
         "forward": staticmethod(forward),
         "setup_context": staticmethod(setup),
         "backward": staticmethod(backward),
         "jvp": staticmethod(jvp or linear_jvp),
+    }
+    function = type(name, (torch.autograd.Function,), methods)
+    boxed = type(name, (torch.autograd.Function,), {
+        **methods,
+        "forward": staticmethod(lambda *inputs: op(*_unbox(inputs))),
+        "setup_context": staticmethod(lambda ctx, inputs, output: setup(ctx, _unbox(inputs),
+                                                                         output)),
     })
 
     def call(*args):
-        if _traced(args) or (fast is None and not _transformed()):
+        if _traced(args):
+            return op(*args)
+        if torch._C._are_functorch_transforms_active():
+            return boxed.apply(*(_Leaf(a) if isinstance(a, list) else a for a in args))
+        if fast is None and _forward_ad._current_level < 0:
             return op(*args)
         return function.apply(*args)
 
-    call.function = function
     call.__doc__ = f"``{op._qualname}`` with forward-mode AD and functorch support."
     return call
 
