@@ -171,10 +171,11 @@ def differentiable(
     fake tensors; they see the custom op and its registered autograd) and in plain eager mode.
     Under forward-mode AD or a functorch transform (:func:`_transformed`), and always when
     ``fast`` is given, it calls an ``autograd.Function`` ``name`` with the same ``setup`` and
-    ``backward``, a ``jvp`` and ``generate_vmap_rule``. Its forward is ``fast`` (the op's code
-    without the dispatcher, about 15 us less per call) if given, else ``op``; under functorch
-    transforms a twin of the Function with boxed list arguments (:class:`_Leaf`) runs ``op``
-    (so ``vmap`` reaches the op's batching rule).
+    ``backward`` and a ``jvp``. Its forward is ``fast`` (the op's code without the dispatcher,
+    about 15 us less per call) if given, else ``op``. Under functorch transforms it calls a
+    twin of that Function with a ``setup_context``, ``generate_vmap_rule`` and boxed list
+    arguments (:class:`_Leaf`), whose forward is ``op`` (so ``vmap`` reaches the op's batching
+    rule).
 
     ``jvp(ctx, *tangents)`` defaults to ``backward`` applied to the tangent of the first input:
     right for an op that is affine in its only differentiable input with a diagonal linear
@@ -183,25 +184,25 @@ def differentiable(
     op.register_autograd(backward, setup_context=setup)
     torch.library.register_vmap(op, _vmap_by_slices(op))
 
-    def forward(*inputs):
+    def forward(ctx, *inputs):
         # gradcheck's batched checks use the legacy vmap (no functorch transform is active)
         if fast is None or is_legacy_batchedtensor(inputs[0]):
-            return op(*inputs)
-        return fast(*inputs)
+            output = op(*inputs)
+        else:
+            output = fast(*inputs)
+        setup(ctx, inputs, output)
+        return output
 
     def linear_jvp(ctx, tangent, *_):
         return None if tangent is None else backward(ctx, tangent)[0]
 
-    methods = {
-        "generate_vmap_rule": True,
-        "forward": staticmethod(forward),
-        "setup_context": staticmethod(setup),
-        "backward": staticmethod(backward),
-        "jvp": staticmethod(jvp or linear_jvp),
-    }
-    function = type(name, (torch.autograd.Function,), methods)
+    methods = {"backward": staticmethod(backward), "jvp": staticmethod(jvp or linear_jvp)}
+    # Old style (forward(ctx, ...)) outside functorch: a setup_context makes `apply` bind the
+    # arguments with inspect.signature, tens of microseconds per call.
+    function = type(name, (torch.autograd.Function,), {**methods, "forward": staticmethod(forward)})
     boxed = type(name, (torch.autograd.Function,), {
         **methods,
+        "generate_vmap_rule": True,
         "forward": staticmethod(lambda *inputs: op(*_unbox(inputs))),
         "setup_context": staticmethod(lambda ctx, inputs, output: setup(ctx, _unbox(inputs),
                                                                          output)),
