@@ -96,21 +96,39 @@ def _check_common(
     return p
 
 
+GENERATOR_UNDER_COMPILE = (
+    "dropkit: a `generator=` is read outside the compiled graph (torch.compile cannot take a "
+    "torch.Generator into a graph); pass `seed=` instead to compile with fullgraph=True"
+)
+
+
+@torch.compiler.disable(reason=GENERATOR_UNDER_COMPILE)
+def _draw_from(generator: torch.Generator) -> Tensor:
+    """Two 32-bit words from ``generator``, always in eager Python: under ``torch.compile`` a
+    graph break (the same key and generator state as eager), with ``fullgraph=True`` dynamo's
+    ``Unsupported`` error quoting :data:`GENERATOR_UNDER_COMPILE` (``docs/export.md``)."""
+    return torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator,
+                         device=generator.device)
+
+
 def draw_key(
     seed: int | None = None, generator: torch.Generator | None = None, *, per_rank: bool = True
 ) -> Tensor:
     """The Philox key ``[seed & 0xFFFFFFFF, seed >> 32]`` as an int64 tensor of shape (2,).
 
     Without ``seed``, both 32-bit words are drawn from ``generator`` (default: torch's default
-    CPU generator), which is the same as drawing a uniform 64-bit seed. When
+    CPU generator), which is the same as drawing a uniform 64-bit seed (from a ``generator``
+    always in eager Python, see :func:`_draw_from`). When
     ``torch.distributed`` is initialized, a drawn key is made rank-dependent with
     :func:`dropkit.rng.rank_key` unless ``per_rank=False`` (or
     :func:`dropkit.distributed.rank_streams` turned it off); an explicit ``seed`` never is.
     """
     if seed is not None:
         return torch.tensor(rng.seed_to_key(seed), dtype=torch.int64)
-    device = generator.device if generator is not None else "cpu"
-    key = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator, device=device)
+    if generator is not None:
+        key = _draw_from(generator)
+    else:
+        key = torch.randint(0, 2**32, (2,), dtype=torch.int64, device="cpu")
     rank = _distributed.stream_rank() if per_rank else None
     if rank is None:
         return key
