@@ -23,11 +23,15 @@ see one opaque, well-described operation per call instead of Python control flow
 
 The output of the out-of-place ops is always contiguous.
 
-:func:`masked_affine_eager` is how :mod:`dropkit.functional` calls ``masked_affine``: in plain
-eager mode it runs the same code through a ``torch.autograd.Function``, which skips the custom-op
+:func:`masked_affine_eager` is how :mod:`dropkit.functional` calls ``masked_affine``: in eager
+mode it runs the same code through a ``torch.autograd.Function``, which skips the custom-op
 dispatcher (about 15 us of host time per call, measured on CPU: most of a small tensor's cost);
-under ``torch.compile``, export, fake tensors, dispatch modes or functorch transforms it calls the
-custom op. Same outputs, same gradients, same 16 saved bytes.
+under ``torch.compile``, export, fake tensors or dispatch modes it calls the custom op. Same
+outputs, same gradients, same 16 saved bytes. Every op has such an entry point
+(:func:`differentiable`, ``<op>_eager``): under forward-mode AD and functorch transforms
+(``torch.func.jvp``, ``grad``, ``jacrev``, ``jacfwd``, ``vmap``) it goes through an
+``autograd.Function`` with a ``jvp`` (the op is affine in its input: the tangent gets the
+primal's mask and scale) and a batching rule, which a custom op's ``register_autograd`` lacks.
 """
 
 from __future__ import annotations
@@ -218,6 +222,9 @@ def differentiable(
         return function.apply(*args)
 
     call.__doc__ = f"``{op._qualname}`` with forward-mode AD and functorch support."
+    # Named as the module attribute it becomes, next to the op (for the API docs).
+    call.__name__ = call.__qualname__ = f"{op._name}_eager"
+    call.__module__ = op._init_fn.__module__
     return call
 
 
