@@ -128,7 +128,8 @@ def draw_key(
     if generator is not None:
         key = _draw_from(generator)
     else:
-        key = torch.randint(0, 2**32, (2,), dtype=torch.int64, device="cpu")
+        # `generator=None` spelled out: inductor then keeps eager's randint (the same keys).
+        key = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=None, device="cpu")
     rank = _distributed.stream_rank() if per_rank else None
     if rank is None:
         return key
