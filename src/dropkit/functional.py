@@ -102,11 +102,13 @@ GENERATOR_UNDER_COMPILE = (
 )
 
 
-@torch.compiler.disable(reason=GENERATOR_UNDER_COMPILE)
 def _draw_from(generator: torch.Generator) -> Tensor:
-    """Two 32-bit words from ``generator``, always in eager Python: under ``torch.compile`` a
-    graph break (the same key and generator state as eager), with ``fullgraph=True`` dynamo's
-    ``Unsupported`` error quoting :data:`GENERATOR_UNDER_COMPILE` (``docs/export.md``)."""
+    """Two 32-bit words from ``generator``. Dynamo cannot take a generator into a graph: under
+    ``torch.compile`` this is a graph break first (so the draw runs in eager Python, with
+    eager's key and generator state), and with ``fullgraph=True`` dynamo's ``Unsupported``
+    error quoting :data:`GENERATOR_UNDER_COMPILE` (``docs/export.md``)."""
+    if torch.compiler.is_compiling():
+        torch._dynamo.graph_break(msg=GENERATOR_UNDER_COMPILE)
     return torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator,
                          device=generator.device)
 
