@@ -229,16 +229,16 @@ def _(x, key, p, block_size, per_channel, scale, channels_last):
 
 def _setup(ctx, inputs, output):
     _, key, *params = inputs
-    ctx.save_for_backward(key)
+    _ops._save(ctx, key)
     ctx.params = params
 
 
 def _backward(ctx, grad):
     (key,) = ctx.saved_tensors
-    return drop_block_op(grad, key, *ctx.params), None, None, None, None, None, None
+    return drop_block_eager(grad, key, *ctx.params), None, None, None, None, None, None
 
 
-drop_block_op.register_autograd(_backward, setup_context=_setup)
+drop_block_eager = _ops.differentiable(drop_block_op, _setup, _backward, name="_DropBlockFn")
 
 
 @torch.library.custom_op("dropkit::drop_block_at", mutates_args=())
@@ -285,10 +285,12 @@ def _(x, key, p, block_size, per_channel, scale, channels_last, global_shape, of
 
 def _backward_at(ctx, grad):
     (key,) = ctx.saved_tensors
-    return drop_block_at_op(grad, key, *ctx.params), *(None,) * 8
+    return drop_block_at_eager(grad, key, *ctx.params), *(None,) * 8
 
 
-drop_block_at_op.register_autograd(_backward_at, setup_context=_setup)
+drop_block_at_eager = _ops.differentiable(
+    drop_block_at_op, _setup, _backward_at, name="_DropBlockAtFn"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,8 +330,8 @@ def _make(spatial_dims: int):
             key = (torch.tensor(_NO_KEY, dtype=torch.int64) if p == 1.0
                    else _functional.draw_key(seed, generator))
             rate = torch.tensor(p, dtype=torch.float64)
-        out = drop_block_op(input, key, rate, list(block), per_channel, scale,
-                            data_format == "channels_last")
+        out = drop_block_eager(input, key, rate, list(block), per_channel, scale,
+                               data_format == "channels_last")
         return input.copy_(out) if inplace else out
 
     drop_block.__name__ = drop_block.__qualname__ = name

@@ -121,6 +121,23 @@ def _check_common(
     return p
 
 
+GENERATOR_UNDER_COMPILE = (
+    "dropkit: a `generator=` is read outside the compiled graph (torch.compile cannot take a "
+    "torch.Generator into a graph); pass `seed=` instead to compile with fullgraph=True"
+)
+
+
+def _draw_from(generator: torch.Generator) -> Tensor:
+    """Two 32-bit words from ``generator``. Dynamo cannot take a generator into a graph: under
+    ``torch.compile`` this is a graph break first (so the draw runs in eager Python, with
+    eager's key and generator state), and with ``fullgraph=True`` dynamo's ``Unsupported``
+    error quoting :data:`GENERATOR_UNDER_COMPILE` (``docs/export.md``)."""
+    if torch.compiler.is_compiling():
+        torch._dynamo.graph_break(msg=GENERATOR_UNDER_COMPILE)
+    return torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator,
+                         device=generator.device)
+
+
 def draw_key(
     seed: int | None = None,
     generator: torch.Generator | None = None,
@@ -131,10 +148,11 @@ def draw_key(
     """The Philox key ``[seed & 0xFFFFFFFF, seed >> 32]`` as an int64 tensor of shape (2,).
 
     Without ``seed``, both 32-bit words are drawn from ``generator`` (default: torch's default
-    CPU generator), which is the same as drawing a uniform 64-bit seed. With a ``rate`` (the
-    call's drop rate: a float, or a 0-dim tensor read when the call runs, also inside a compiled
-    graph) they are drawn only if ``0 < rate < 1``; otherwise nothing is drawn and the key is
-    ``(0, 0)`` (``p = 0`` and ``p = 1`` need no random numbers). When ``torch.distributed`` is
+    CPU generator), which is the same as drawing a uniform 64-bit seed (from a ``generator``
+    always in eager Python, see :func:`_draw_from`). With a ``rate`` (the call's drop rate: a
+    float, or a 0-dim tensor read when the call runs, also inside a compiled graph) they are
+    drawn only if ``0 < rate < 1``; otherwise nothing is drawn and the key is ``(0, 0)``
+    (``p = 0`` and ``p = 1`` need no random numbers). When ``torch.distributed`` is
     initialized, a drawn key is made rank-dependent with :func:`dropkit.rng.rank_key` unless
     ``per_rank=False`` (or :func:`dropkit.distributed.rank_streams` turned it off); an explicit
     ``seed`` never is.
@@ -146,10 +164,11 @@ def draw_key(
     elif rate is not None and not 0.0 < (_ops.read_rate(rate) if isinstance(rate, Tensor)
                                         else rate) < 1.0:
         return torch.zeros(2, dtype=torch.int64)
+    elif generator is not None:
+        key = _draw_from(generator)
     else:
-        device = generator.device if generator is not None else "cpu"
-        key = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator,
-                            device=device)
+        # `generator=None` spelled out: inductor then keeps eager's randint (the same keys).
+        key = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=None, device="cpu")
     rank = _distributed.stream_rank() if per_rank else None
     if rank is None:
         return key
@@ -187,14 +206,15 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace, offset=None) -
     if not isinstance(key, Tensor):
         key = torch.tensor(key, dtype=torch.int64)
     if offset is not None:
-        return _ops.masked_affine_at(input, key, t, list(noise_shape), list(offset), scale,
-                                     shift, fill)
+        return _ops.masked_affine_at_eager(input, key, t, list(noise_shape), list(offset),
+                                           scale, shift, fill)
     args = (key, t, list(noise_shape), scale, shift, fill)
     if not inplace:
         return _ops.masked_affine_eager(input, *args)
     _check_writable(input)
-    if torch.is_grad_enabled() and input.requires_grad:
-        # Autograd needs the out-of-place op; copying back keeps `inplace` semantics.
+    if (torch.is_grad_enabled() and input.requires_grad) or _ops._transformed():
+        # Autograd (forward mode and functorch too) needs the out-of-place op; copying back
+        # keeps `inplace` semantics.
         return input.copy_(_ops.masked_affine_eager(input, *args))
     _ops.masked_affine_(input, *args)
     return input
@@ -203,7 +223,7 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace, offset=None) -
 def _run_rate(input, p, noise_shape, kind, inplace, seed, generator, per_rank=True) -> Tensor:
     """The tensor-rate path: the op reads ``p`` at run time (no recompiles when it changes)."""
     key = draw_key(seed, generator, per_rank=per_rank, rate=p)
-    out = _ops.rate_op(input, key, p, list(noise_shape), kind)
+    out = _ops.rate_op_eager(input, key, p, list(noise_shape), kind)
     return input.copy_(out) if inplace else out
 
 
@@ -315,7 +335,7 @@ def dropout(
         t, scale, _, _ = rng.affine_params("inverted" if mode == "inverted" else "unscaled", rate)
         if 0 < t < rng.LANE_RANGE:  # p = 0 and p = 1 keep nothing for backward anyway
             key = draw_key(seed, generator)
-            out, _ = _ops.masked_affine_bits(input, key, t, list(shape), scale, 0.0, 0.0)
+            out, _ = _ops.masked_affine_bits_eager(input, key, t, list(shape), scale, 0.0, 0.0)
             return input.copy_(out) if inplace else out
     return _dropout_impl(input, p, training, inplace, mode, shape, seed, generator)
 
@@ -470,7 +490,7 @@ def gaussian_dropout(
         return input
     if p == 1.0:
         return _run(input, _NO_KEY, rng.LANE_RANGE, input.shape, 0.0, 0.0, 0.0, inplace)
-    out = _ops.gaussian_mul(input, draw_key(seed, generator), math.sqrt(p / (1.0 - p)))
+    out = _ops.gaussian_mul_eager(input, draw_key(seed, generator), math.sqrt(p / (1.0 - p)))
     return input.copy_(out) if inplace else out
 
 
@@ -653,7 +673,7 @@ def gaussian_noise(
     stddev = v.check_stddev(fn, stddev)
     if not training or stddev == 0.0 or input.numel() == 0:
         return input
-    return _ops.gaussian_add(input, draw_key(seed, generator), stddev)
+    return _ops.gaussian_add_eager(input, draw_key(seed, generator), stddev)
 
 
 __all__ += ["gaussian_noise"]
