@@ -4,6 +4,7 @@ options, argument errors and exit codes."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -129,7 +130,7 @@ def test_gallery_without_matplotlib(tmp_path, monkeypatch):
     result = run_cli(["gallery", "--out", str(folder)])
     assert_cli_error(result, "gallery", r"^dropkit gallery: error: the gallery needs matplotlib",
                      code=1)
-    assert 'pip install "dropkit[gallery]"' in result[2]
+    assert 'pip install -e ".[gallery]" (run in the dropkit repository clone)' in result[2]
     assert not folder.exists()
 
 
@@ -277,6 +278,56 @@ def test_each_command_has_its_own_help(command):
     assert out.startswith(f"usage: dropkit {command}")
     description = out.split("\n\n")[1]
     assert len(description.split()) >= 8, out  # a sentence, not a stub
+
+
+def test_gallery_help_names_every_picture_it_writes(gallery):
+    folder = gallery[0]
+    written = sorted(path.name for path in folder.iterdir())
+    code, out, _ = run_cli(["gallery", "--help"])
+    assert code == 0
+    description = " ".join(out.split("\n\n")[1].split())
+    named = sorted(set(re.findall(r"\b[\w.]+\.png\b", description)))
+    assert named == written
+    assert f"Write {len(written)} PNG pictures" in description
+
+
+REPO = Path(__file__).resolve().parents[1]
+HINT = re.compile(r'pip install (?:torch==\S+ )?-e "\.\[(\w+)\]"')
+
+
+def _extras() -> dict[str, list[str]]:
+    import tomllib
+
+    with (REPO / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)["project"]["optional-dependencies"]
+
+
+@pytest.mark.parametrize(("module", "extra", "needed"), [
+    ("gallery", "gallery", ("matplotlib",)),
+    ("audit", "gallery", ("matplotlib",)),
+    ("experiment", "experiment", ("mnist1d", "scikit-learn", "tqdm", "matplotlib")),
+])
+def test_install_hints_work_as_printed(module, extra, needed):
+    # dropkit is not on a package index: a hint installs the extra from the clone, says so,
+    # and names an extra of pyproject.toml that brings what the command imports.
+    hint = importlib.import_module(f"dropkit.cli.{module}")._INSTALL_HINT
+    assert hint == f'pip install -e ".[{extra}]" (run in the dropkit repository clone)'
+    assert HINT.match(hint).group(1) == extra
+    deps = {re.split(r"[<>=;\[ ]", d, maxsplit=1)[0] for d in _extras()[extra]}
+    assert set(needed) <= deps, (extra, deps)
+
+
+def test_no_install_hint_names_dropkit_on_an_index():
+    # `pip install "dropkit[x]"` fails (no such distribution); every hint installs from the clone
+    # and names an extra that exists.
+    extras = _extras()
+    files = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")),
+             *sorted((REPO / "src").rglob("*.py")), *sorted((REPO / "examples").rglob("*.py"))]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"pip install [^\n`]*\bdropkit\[", text), path
+        for extra in re.findall(r'pip install[^\n`]*?"\.\[(\w+)\]"', text):
+            assert extra in extras, (path, extra)
 
 
 # One spelling, one metavar and one help phrasing for the options several commands share.

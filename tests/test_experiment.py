@@ -111,7 +111,7 @@ def test_missing_extra_gives_install_hint(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cli, "_missing", lambda: ["mnist1d"])
     assert main(["experiment", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
-    assert 'pip install "dropkit[experiment]"' in err and err.count("\n") == 1
+    assert 'pip install -e ".[experiment]" (run in the dropkit repository clone)' in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
 
 

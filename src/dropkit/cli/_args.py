@@ -20,6 +20,13 @@ MAX_SEED = 2**64 - 1
 SEED_INTERVAL = "[0, 2**64)"
 
 
+def install_hint(extra: str) -> str:
+    """How to install the optional dependencies of ``extra`` (a key of pyproject.toml's
+    ``[project.optional-dependencies]``), as a command that works as printed: dropkit is
+    installed from its repository clone, not from a package index."""
+    return f'pip install -e ".[{extra}]" (run in the dropkit repository clone)'
+
+
 def add_out(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
     """``--out DIR``: the folder that receives ``what`` (created if needed)."""
     shown = default if default is not None else "none, nothing is written"

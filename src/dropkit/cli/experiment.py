@@ -5,8 +5,8 @@ digits with a residual 2-D CNN; every method of the matrix in :mod:`dropkit.expe
 several seeds. Prints a table (test accuracy mean ± std, train-test gap, seconds per epoch, the
 MC-dropout entropies) and writes ``runs.csv``, ``results.json`` and PNG plots to ``--out``.
 
-The optional packages are imported only inside :func:`run` (``pip install
-"dropkit[experiment]"``).
+The optional packages are imported only inside :func:`run` (``pip install -e ".[experiment]"``
+in the dropkit repository clone).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import argparse
 import sys
 from typing import Any
 
-from ._args import add_device, add_out, add_quick, make_folder, parse_int, parse_out
+from ._args import add_device, add_out, add_quick, install_hint, make_folder, parse_int, parse_out
 
 __all__ = ["add_parser", "run"]
 
 DEFAULT_OUT = "experiment"
 MAX_SEEDS = 100
-_INSTALL_HINT = 'pip install "dropkit[experiment]"'
+_INSTALL_HINT = install_hint("experiment")
 _NEEDED = ("mnist1d", "sklearn", "tqdm", "matplotlib")
 
 

@@ -41,8 +41,8 @@ The MC-dropout section (:func:`dropkit.mc.mc_predict`) takes the digits CNN trai
 the predictive entropy of correctly and wrongly classified test images and of uniform noise
 images.
 
-The optional packages (``mnist1d``, ``scikit-learn``, ``tqdm``, ``matplotlib``; ``pip install
-"dropkit[experiment]"``) are imported only when an experiment runs.
+The optional packages (``mnist1d``, ``scikit-learn``, ``tqdm``, ``matplotlib``; ``pip install -e
+".[experiment]"`` in the dropkit repository clone) are imported only when an experiment runs.
 """
 
 from __future__ import annotations
