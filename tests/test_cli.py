@@ -444,6 +444,102 @@ def test_output_folder_without_write_permission(tmp_path, monkeypatch):
     assert list(folder.iterdir()) == []
 
 
+def _read_only_at(monkeypatch, folder: Path) -> None:
+    """``folder`` behaves as the root of a read-only mount (statvfs says ST_RDONLY; even root's
+    os.access refuses writing there)."""
+    real_statvfs, real_access = os.statvfs, os.access
+
+    class Flags:
+        f_flag = os.ST_RDONLY
+
+    inside = lambda path: Path(path) == folder or folder in Path(path).parents  # noqa: E731
+    monkeypatch.setattr(_args.os, "statvfs", lambda path: (
+        Flags() if inside(path) else real_statvfs(path)))
+    monkeypatch.setattr(_args.os, "access", lambda path, mode: (
+        False if inside(path) else real_access(path, mode)))
+
+
+READ_ONLY = "it is on a read-only file system; choose a writable folder."
+
+
+def test_output_folder_on_a_read_only_file_system(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    _read_only_at(monkeypatch, folder)
+    result = run_cli(["gallery", "--out", str(folder)])
+    assert_cli_error(result, "gallery", code=1)
+    assert result[2] == f"dropkit gallery: error: cannot write to {str(folder)!r}: {READ_ONLY}\n"
+    assert list(folder.iterdir()) == []
+
+
+def test_new_output_folder_under_a_read_only_file_system(tmp_path, monkeypatch):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    _read_only_at(monkeypatch, parent)
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    result = run_cli(["gallery", "--out", str(parent / "new")])
+    assert_cli_error(result, "gallery", code=1)
+    assert result[2].endswith(f"cannot create the output folder {str(parent / 'new')!r}: "
+                              f"{READ_ONLY}\n")
+
+
+def test_bench_json_on_a_read_only_file_system_fails_before_timing(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    _read_only_at(monkeypatch, folder)
+    result = run_cli(["bench", "--numel", "64", "--json", str(folder / "b.json")])
+    assert_cli_error(result, "bench", code=1)
+    assert result[2].endswith(f"cannot write {str(folder / 'b.json')!r}: {READ_ONLY}\n")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_bench_json_in_proc_fails_before_timing():
+    # /proc accepts no new file, although os.access says root may write there.
+    result = run_cli(["bench", "--numel", "64", "--json", "/proc/x.json"])
+    assert_cli_error(result, "bench", code=1)
+    assert result[2].endswith("cannot write '/proc/x.json': no file can be created in "
+                              "'/proc'; choose a writable folder.\n")
+
+
+def test_check_writable_file_leaves_no_file_and_keeps_an_existing_one(tmp_path):
+    new = tmp_path / "new.json"
+    assert _args.check_writable_file(new) == new and not new.exists()
+    old = tmp_path / "old.json"
+    old.write_text("kept")
+    _args.check_writable_file(old)
+    assert old.read_text() == "kept"
+
+
+def test_interrupt_removes_the_empty_output_folders_it_created(tmp_path, monkeypatch):
+    def interrupted(p, seed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gallery_cli, "PICTURES", (("a.png", interrupted, "nothing"),))
+    folder = tmp_path / "new" / "nested"
+    assert run_cli(["gallery", "--out", str(folder)]) == (130, "", "dropkit gallery: interrupted\n")
+    assert list(tmp_path.iterdir()) == []  # both levels it created are gone
+    # A folder that existed before is kept, empty or not.
+    folder.mkdir(parents=True)
+    assert run_cli(["gallery", "--out", str(folder)])[0] == 130
+    assert folder.is_dir()
+
+
+def test_a_later_command_keeps_the_folders_an_earlier_one_created(tmp_path, monkeypatch):
+    folder = tmp_path / "made"
+    assert run_cli(["gallery", "--out", str(folder), "--dpi", "20"])[0] == 0
+    for png in folder.iterdir():
+        png.unlink()
+    monkeypatch.setattr(gallery_cli, "PICTURES", ())
+    monkeypatch.setattr(gallery_cli, "make_folder", lambda f: (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    assert run_cli(["gallery", "--out", str(tmp_path / "other")])[0] == 130
+    assert folder.is_dir()  # created by the first, successful command: not this one's to remove
+
+
 @pytest.mark.parametrize(
     ("error", "code", "expected"),
     [
