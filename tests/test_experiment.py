@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -31,7 +34,9 @@ def test_cli_writes_table_and_files(tmp_path, capsys):
     code = main(["experiment", "--quick", "--quiet", "--epochs", "1", "--seeds", "2",
                  "--methods", "none,droppath", "--out", str(out)])
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert captured.err == ""  # --quiet: no progress lines either
     assert "test acc % (mean ± std)" in printed and "MC dropout" in printed
     for name in ("runs.csv", "results.json", "accuracy.png", "curves.png", "masks.png",
                  "mc_entropy.png"):
@@ -51,6 +56,73 @@ def test_cli_writes_table_and_files(tmp_path, capsys):
     assert sum(result["mc"]["count"][k] for k in ("correct", "misclassified")) == 360
     assert result["mc"]["count"]["noise"] == 500
     assert len(result["summary"]) == 4
+
+
+def test_one_run_off_a_terminal(tmp_path, capsys):
+    # capsys' stderr is no terminal: one line per finished run instead of a (disabled) bar;
+    # one seed and one thread are written in the singular, a single seed has no ± spread.
+    out = tmp_path / "one"
+    code = main(["experiment", "--quick", "--epochs", "1", "--methods", "droppath",
+                 "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"\[1/1\] digits/cnn2d/droppath/seed 0: test acc \d+\.\d\d%, "
+                        r"\d+\.\d s\n", captured.err), captured.err
+    lines = captured.out.splitlines()
+    row = next(line for line in lines if line.startswith("digits "))
+    assert re.search(r" \d+\.\d\d \(n=1\) ", row), row
+    assert "±" not in row
+    assert re.fullmatch(r"dropkit experiment: 1 run in \d+ s on cpu \(1 torch thread\), "
+                        rf"files in {re.escape(str(out))}", lines[-1]), lines[-1]
+    with (out / "runs.csv").open() as f:
+        (run,) = list(csv.DictReader(f))
+    for key, decimals in (("train_acc", 6), ("test_acc", 6), ("gap", 6),
+                          ("sec_per_epoch", 4)):
+        assert len(run[key].partition(".")[2]) <= decimals, (key, run[key])
+    full = json.loads((out / "results.json").read_text())["runs"][0]
+    assert float(run["gap"]) == pytest.approx(full["train_acc"] - full["test_acc"], abs=2e-6)
+    assert float(run["test_acc"]) == pytest.approx(full["test_acc"], abs=1e-6)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_leaves_no_copy_of_its_last_line():
+    from dropkit.cli.experiment import _Progress
+
+    stream = _Terminal()
+    with _Progress(3, stream=stream) as step:
+        for i in range(3):
+            time.sleep(0.12)  # past tqdm's mininterval, so that each update is drawn
+            step(f"run {i}", {"test_acc": 0.5})
+    text = stream.getvalue()
+    assert "3/3" in text and "run 2" in text  # the bar was drawn, with its label
+    assert text.count("3/3") == 1  # not drawn again by close()
+    assert "\n" not in text  # cleared at the end: the table starts on a clean line
+    assert "test acc" not in text  # no per-run lines on a terminal
+
+
+def test_progress_quiet_prints_nothing():
+    from dropkit.cli.experiment import _Progress
+
+    for stream in (_Terminal(), io.StringIO()):
+        with _Progress(2, quiet=True, stream=stream) as step:
+            step("a", {"test_acc": 0.5})
+        assert stream.getvalue() == ""
+
+
+def test_interrupted_experiment_removes_its_empty_output_folder(tmp_path, monkeypatch, capsys):
+    import dropkit.experiment
+
+    def interrupted(config, progress=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dropkit.experiment, "run_experiment", interrupted)
+    assert main(["experiment", "--quick", "--out", str(tmp_path / "exp")]) == 130
+    assert capsys.readouterr().err == "dropkit experiment: interrupted\n"
+    assert not (tmp_path / "exp").exists()
 
 
 def test_same_seed_same_accuracies():
@@ -111,7 +183,8 @@ def test_missing_extra_gives_install_hint(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cli, "_missing", lambda: ["mnist1d"])
     assert main(["experiment", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
-    assert 'pip install -e ".[experiment]" (run in the dropkit repository clone)' in err and err.count("\n") == 1
+    assert 'pip install -e ".[experiment]" (run in the dropkit repository clone)' in err
+    assert err.count("\n") == 1
     assert not (tmp_path / "x").exists()
 
 
