@@ -197,3 +197,61 @@ def test_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_masks_png_row_drops_something():
+    import dataclasses
+
+    from dropkit.experiment.report import mask_rows
+
+    config = dataclasses.asdict(ExperimentConfig())
+    rows = mask_rows(config)
+    assert len(rows) == 1 + len([m for m in METHODS if m != "none"])
+    assert not rows[0][2].any()  # the input row
+    for label, values, dropped in rows[1:]:
+        assert values.shape == dropped.shape == (4, 8, 8), label
+        if label.startswith("gaussian"):  # scales every element by noise, drops none
+            assert not torch.equal(values, rows[0][1]), label
+            continue
+        assert dropped.any() and not dropped.all(), label
+        assert bool((values[dropped] == 0).all()), label  # what is marked is a zero output
+    spatial = next(r for r in rows if r[0].startswith("spatial"))
+    per_channel = spatial[2].flatten(1)
+    assert all(bool(c.all()) or not bool(c.any()) for c in per_channel)  # whole channels
+    assert mask_rows(config)[1][0] == rows[1][0]  # the seed choice is deterministic
+
+
+def _fake_result(methods_per_panel: dict[tuple[str, str], tuple[str, ...]],
+                 epochs: int = 6) -> dict:
+    from dropkit.experiment import summarize
+
+    runs = []
+    for (ds, model), methods in methods_per_panel.items():
+        for k, method in enumerate(methods):
+            curve = [0.1 + 0.1 * e + 0.01 * k for e in range(epochs)]
+            runs.append({"dataset": ds, "model": model, "method": method, "seed": 0,
+                         "p": 0.1, "epochs": epochs, "train_acc": curve[-1],
+                         "test_acc": curve[-1], "gap": 0.0, "sec_per_epoch": 0.1,
+                         "curve": curve})
+    return {"runs": runs, "summary": summarize(runs)}
+
+
+def test_curves_png_one_colour_per_method_integer_epochs_first_epochs_shown():
+    from dropkit.experiment.report import _curves_figure
+
+    # The same method sits at different positions in different panels.
+    result = _fake_result({("a", "m1"): ("none", "dropout", "gaussian"),
+                           ("b", "m2"): ("gaussian", "spatial", "dropout")})
+    fig = _curves_figure(result)
+    fig.canvas.draw()
+    colours: dict[str, set] = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert ax.get_xlim()[0] < 1  # epoch 1 is inside the axes
+        low = min(min(line.get_ydata()) for line in ax.get_lines())
+        assert ax.get_ylim()[0] <= low  # the first epochs' (low) accuracies are visible
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({next(iter(c)) for c in colours.values()}) == len(colours)  # distinct methods
