@@ -67,8 +67,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_device(parser, what="device the models train on (cpu or cuda)")
     add_quick(parser, "one seed and a few epochs, under a minute")
     parser.add_argument("--quiet", action="store_true",
-                        help="no progress (by default: a bar on a terminal, else one line per "
-                        "finished run on stderr)")
+                        help="print no progress (without it: a bar on a terminal, else one "
+                        "line per finished run on stderr)")
     parser.set_defaults(func=run)
     return parser
 
