@@ -824,13 +824,24 @@ def convert(
     maps = {} if example_input is None else _map_sizes(model, modules, example_input)
     options = _Options(rank, block_rate, maps)
 
+    def selected(module: nn.Module) -> bool:
+        all_names = names[id(module)]
+        return ((inc is None or _matches(inc, all_names, module))
+                and (exc is None or not _matches(exc, all_names, module)))
+
+    def converted_attention(module: nn.Module) -> bool:
+        """An attention block this call converts: it applies its dropout layer itself."""
+        match = _match_attention(module)
+        return match is not None and match[1] is not None and selected(module)
+
     report = ConversionReport(model)
     replacements: dict[int, nn.Module] = {}
     for key, module in modules.items():
         source, rule, reason = _match_rule(module)
         if rule is not None:
             reason = next(filter(None, (_rate_reader(parent, attr)
-                                        for parent, attr in holders.get(key, ()))), None)
+                                        for parent, attr in holders.get(key, ())
+                                        if not converted_attention(parent))), None)
             if reason is not None:
                 rule = None
         elif not source and (reason := _multihead_reason(module)) is not None:
@@ -838,9 +849,7 @@ def convert(
         if not source:
             continue
         all_names = names[key]
-        if inc is not None and not _matches(inc, all_names, module):
-            continue
-        if exc is not None and _matches(exc, all_names, module):
+        if not selected(module):
             continue
         try:
             if rule is None:

@@ -13,6 +13,7 @@ from dropkit.convert import timm_drop_block_fraction
 DROP_PATH = "timm.layers.drop.DropPath"
 DROP_BLOCK = "timm.layers.drop.DropBlock2d"
 DROPOUT = "torch.nn.Dropout"
+ATTENTION = "timm.layers.attention.Attention"
 
 
 def images(n: int = 2, size: int = 64) -> torch.Tensor:
@@ -76,18 +77,20 @@ def _timm_block_rates(model: torch.nn.Module, passes: int) -> dict[str, float]:
     return {name: d / n for name, (d, n) in sums.items()}
 
 
-def test_vit_small_fused_attention_dropout_is_reported_not_applied():
+def test_vit_small_fused_attention_uses_dropkits_attention_dropout():
     model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10,
                               img_size=64, depth=2, drop_rate=0.1, proj_drop_rate=0.1,
                               attn_drop_rate=0.1, drop_path_rate=0.1)
     assert all(b.attn.fused_attn for b in model.blocks)  # timm's default on torch >= 2.0
+    # The Attention blocks become dropkit's (their fused kernel is dropkit's attention, at
+    # attn_drop's rate), so their attn_drop layers are converted and applied too.
     report = check_model(model, images(), lambda: images(8), passes=4,
-                         converted_sources={DROPOUT: 8, DROP_PATH: 2},
-                         skipped_sources={DROPOUT: 2}, compile_backend="inductor")
-    skipped = {s.name: s.reason for s in report.skipped}
-    assert set(skipped) == {"blocks.0.attn.attn_drop", "blocks.1.attn.attn_drop"}
-    assert all(r.startswith("not applied:") and "fused_attn=True" in r for r in skipped.values())
-    assert type(report.model.blocks[0].attn.attn_drop) is torch.nn.Dropout
+                         converted_sources={DROPOUT: 10, DROP_PATH: 2, ATTENTION: 2},
+                         compile_backend="inductor")
+    assert report.skipped == []
+    attn = report.model.blocks[0].attn
+    assert type(attn).__name__ == "TimmAttention"
+    assert type(attn.attn_drop) is dropkit.nn.Dropout
 
 
 def test_vit_small_without_fused_attention_converts_the_attention_dropout():

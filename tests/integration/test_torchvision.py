@@ -43,13 +43,14 @@ def test_swin_t():
                 converted_sources={DEPTH: 12, DROPOUT: 24})
 
 
-def test_vit_b_16_multihead_attention_dropout_is_reported():
+def test_vit_b_16_multihead_attention_uses_dropkits_attention_dropout():
     model = torchvision.models.vit_b_16(weights=None, num_classes=10, image_size=32,
                                         dropout=0.1, attention_dropout=0.1)
     report = check_model(model, images(2, 32), lambda: images(8, 32), passes=2,
-                         converted_sources={DROPOUT: 1 + 2 * 12 + 12},
-                         skipped_sources={MHA: 12})
-    assert all("dropout=0.1" in s.reason for s in report.skipped)
+                         converted_sources={DROPOUT: 1 + 2 * 12 + 12, MHA: 12})
+    assert report.skipped == []
+    attn = report.model.encoder.layers[0].self_attention
+    assert type(attn) is dropkit.nn.MultiheadAttention and attn.dropout == 0.1
 
 
 def test_ops_drop_block_and_stochastic_depth():
