@@ -807,14 +807,13 @@ def test_dropout_read_only_by_a_fused_kernel_is_reported_not_applied_and_left_al
     assert "reads only the layer's p" in report.skipped[0].reason
 
 
-def test_multihead_attentions_own_dropout_is_reported_and_the_layers_around_it_converted():
+def test_multihead_attention_and_the_layers_around_it_are_converted():
     layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.1, batch_first=True)
     report = dropkit.convert(layer)
-    assert sorted(c.name for c in report.converted) == ["dropout", "dropout1", "dropout2"]
-    (skip,) = report.skipped
-    assert skip.name == "self_attn" and skip.source == "torch.nn.MultiheadAttention"
-    assert "dropout=0.1" in skip.reason and "not a layer" in skip.reason
-    assert dropkit.convert(nn.Sequential(nn.MultiheadAttention(8, 2), nn.Dropout())).skipped == []
+    assert sorted(c.name for c in report.converted) == [
+        "dropout", "dropout1", "dropout2", "self_attn"]
+    assert report.skipped == []
+    assert type(layer.self_attn) is dropkit.nn.MultiheadAttention
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,13 +51,14 @@ Notes:
    gives zeros, never a division by zero).
 
 Layers that never run are not converted: a ``Dropout`` whose parent only reads its ``p`` and
-passes it to a fused attention kernel (timm's ``Attention`` and friends with ``fused_attn=True``,
-transformers' BERT/GPT-2/... attention, which call ``scaled_dot_product_attention`` or an
-attention function with ``dropout=self.dropout.p``) is reported as skipped, "not applied", since
-torch's dropout inside that kernel is what drops; so is ``nn.MultiheadAttention``'s
-``dropout``, a float applied inside its functional forward. The parent's code is read with
+passes it to a fused attention kernel (transformers' BERT/GPT-2/... attention, which call
+``scaled_dot_product_attention`` or an attention function with ``dropout=self.dropout.p``;
+timm's ``Attention`` look-alikes that convert does not know) is reported as skipped, "not
+applied", since torch's dropout inside that kernel is what drops. The parent's code is read with
 :mod:`inspect` (the pattern ``self.<name>.p``); a layer it also calls is converted when the
-parent has ``fused_attn=False``.
+parent has ``fused_attn=False``, and so is the ``attn_drop`` of an attention block that convert
+swaps for dropkit's (timm's ``Attention``: dropkit's attention reads its rate). For
+transformers models use ``attn_implementation="dropkit"`` (:mod:`dropkit.integrations`).
 
 5. Attention layers keep their parameters, buffers, submodules and hooks (a shallow copy with
    the dropkit class); in training their attention dropout is dropkit's
@@ -297,7 +298,9 @@ def timm_drop_block_fraction(spatial: tuple[int, int], drop_prob: float, block_s
 
     Args:
         spatial: The map size ``(H, W)``.
-        drop_prob, block_size, gamma_scale: The layer's settings.
+        drop_prob: The layer's ``drop_prob``.
+        block_size: The layer's ``block_size``.
+        gamma_scale: The layer's ``gamma_scale``.
         legacy: ``True`` for timm <= 1.0.22 (its fast path's formula: the block clipped to
             the shorter side, the valid-position count with the unclipped block), ``False``
             for timm >= 1.0.23.
@@ -586,14 +589,6 @@ def _rate_reader(parent: nn.Module, name: str) -> str | None:
             "inside that kernel is what runs; the layer is left as it is")
 
 
-def _multihead_reason(module: nn.Module) -> str | None:
-    p = getattr(module, "dropout", 0.0)
-    if type(module) is not nn.MultiheadAttention or not p:
-        return None
-    return (f"its attention dropout (dropout={p!r}) is a float applied inside "
-            "F.multi_head_attention_forward, not a layer; it is left to torch")
-
-
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
@@ -767,10 +762,10 @@ def convert(
         A :class:`ConversionReport`: ``model``, the ``converted`` records (name, source and
         target class, settings read and set, notes) and the ``skipped`` layers with reasons.
         ``str(report)`` is a readable table. Layers whose rate is only read by their parent
-        and passed to a fused attention kernel (timm's ``Attention`` with ``fused_attn``,
-        transformers' attention classes) never run, so they are left as they are and listed
-        as skipped ("not applied: ..."), as is ``nn.MultiheadAttention``'s own dropout (a
-        float inside its functional forward).
+        and passed to a fused attention kernel (transformers' attention classes) never run,
+        so they are left as they are and listed as skipped ("not applied: ..."); attention
+        blocks convert knows (``nn.MultiheadAttention``, timm's ``Attention``) are swapped for
+        dropkit's, which apply their dropout with dropkit's attention.
 
     Warns:
         UserWarning: Nothing was converted.
@@ -844,8 +839,6 @@ def convert(
                                         if not converted_attention(parent))), None)
             if reason is not None:
                 rule = None
-        elif not source and (reason := _multihead_reason(module)) is not None:
-            source = "torch.nn.MultiheadAttention"
         if not source:
             continue
         all_names = names[key]

@@ -127,15 +127,13 @@ GENERATOR_UNDER_COMPILE = (
 )
 
 
-def _draw_from(generator: torch.Generator) -> Tensor:
-    """Two 32-bit words from ``generator``. Dynamo cannot take a generator into a graph: under
-    ``torch.compile`` this is a graph break first (so the draw runs in eager Python, with
-    eager's key and generator state), and with ``fullgraph=True`` dynamo's ``Unsupported``
-    error quoting :data:`GENERATOR_UNDER_COMPILE` (``docs/export.md``)."""
-    if torch.compiler.is_compiling():
+def _break_for(generator: torch.Generator | None) -> None:
+    """Dynamo cannot take a generator into a graph: under ``torch.compile`` a call with a
+    ``generator`` is a graph break first (so the draw runs in eager Python, with eager's key and
+    generator state), and with ``fullgraph=True`` dynamo's ``Unsupported`` error quoting
+    :data:`GENERATOR_UNDER_COMPILE` (``docs/export.md``)."""
+    if generator is not None and torch.compiler.is_compiling():
         torch._dynamo.graph_break(msg=GENERATOR_UNDER_COMPILE)
-    return torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator,
-                         device=generator.device)
 
 
 def draw_key(
@@ -149,7 +147,7 @@ def draw_key(
 
     Without ``seed``, both 32-bit words are drawn from ``generator`` (default: torch's default
     CPU generator), which is the same as drawing a uniform 64-bit seed (from a ``generator``
-    always in eager Python, see :func:`_draw_from`). With a ``rate`` (the call's drop rate: a
+    always in eager Python, see :func:`_break_for`). With a ``rate`` (the call's drop rate: a
     float, or a 0-dim tensor read when the call runs, also inside a compiled graph) they are
     drawn only if ``0 < rate < 1``; otherwise nothing is drawn and the key is ``(0, 0)``
     (``p = 0`` and ``p = 1`` need no random numbers). When ``torch.distributed`` is
@@ -159,13 +157,16 @@ def draw_key(
     """
     if seed is not None:
         return torch.tensor(rng.seed_to_key(seed), dtype=torch.int64)
-    if isinstance(rate, Tensor) and generator is None:
+    _break_for(generator)
+    if (isinstance(rate, Tensor) and generator is None
+            and not torch._C._are_functorch_transforms_active()):  # vmap sees randint's draw
         key = _ops.draw_key_op(rate)
     elif rate is not None and not 0.0 < (_ops.read_rate(rate) if isinstance(rate, Tensor)
                                         else rate) < 1.0:
         return torch.zeros(2, dtype=torch.int64)
     elif generator is not None:
-        key = _draw_from(generator)
+        key = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator,
+                            device=generator.device)
     else:
         # `generator=None` spelled out: inductor then keeps eager's randint (the same keys).
         key = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=None, device="cpu")

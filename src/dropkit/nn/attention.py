@@ -54,6 +54,22 @@ class MultiheadAttention(nn.MultiheadAttention):
     returns them. In eval, or with ``dropout == 0``, torch's own ``forward`` runs (its fast
     path included): bit-equal to torch's module.
 
+    Args:
+        embed_dim: Total dimension of the model.
+        num_heads: Number of heads (``embed_dim`` must be divisible by it).
+        dropout: Drop rate of the attention weights (applied with dropkit's mask).
+        bias: Add bias to the input and output projections.
+        add_bias_kv: Add bias to the key and value sequences at dim 0.
+        add_zero_attn: Add a new batch of zeros to the key and value sequences at dim 1.
+        kdim: Features of the keys (default ``embed_dim``).
+        vdim: Features of the values (default ``embed_dim``).
+        batch_first: Inputs and outputs are ``(N, L, E)`` instead of ``(L, N, E)``.
+        device: Device of the parameters.
+        dtype: Dtype of the parameters.
+
+    Raises:
+        AssertionError: As torch's (``embed_dim`` not divisible by ``num_heads``).
+
     Example:
         >>> import torch, dropkit
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -69,6 +85,23 @@ class MultiheadAttention(nn.MultiheadAttention):
     """
 
     _dropkit_attention = True
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim,
+                         vdim, batch_first, device, dtype)
 
     def forward(
         self,
