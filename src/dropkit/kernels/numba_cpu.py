@@ -789,9 +789,10 @@ def apply(
     in-place use. float32, float64, bfloat16 and (with F16C) float16 run fused here; 16-bit
     alpha dropout (a shift, rounded twice) draws the keep field here and shares ``torch_ref``'s
     arithmetic. The kernels walk memory in its physical order: for a row-major full field that
-    is the fused pass; any other layout (channels_last, a permuted tensor) or a broadcast field
-    is the broadcast pass, whose rows read the logical field through its strides
-    (``torch_ref.collapse`` with the memory order).
+    is the fused pass; a full field whose memory order has w (the field's stride-1 axis) second
+    innermost (channels_last, channels_last_3d) is the tiled pass (:func:`_transposed`); any
+    other layout or a broadcast field is the broadcast pass, whose rows read the logical field
+    through its strides (``torch_ref.collapse`` with the memory order).
     """
     kernels = _KERNELS.get(x.dtype)
     field_size = math.prod(noise_shape)
