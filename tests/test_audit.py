@@ -419,7 +419,7 @@ def test_without_matplotlib_writes_csv_and_json(monkeypatch, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.csv", "audit.json"]
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("dropkit audit: note: audit.png not written: matplotlib is missing")
-    assert 'pip install "dropkit[gallery]"' in err
+    assert 'pip install -e ".[gallery]" (run in the dropkit repository clone)' in err
     assert out.splitlines()[-1] == (
         f"dropkit audit: wrote {tmp_path / 'audit.csv'}, {tmp_path / 'audit.json'}"
     )

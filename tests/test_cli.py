@@ -4,6 +4,7 @@ options, argument errors and exit codes."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -129,7 +130,7 @@ def test_gallery_without_matplotlib(tmp_path, monkeypatch):
     result = run_cli(["gallery", "--out", str(folder)])
     assert_cli_error(result, "gallery", r"^dropkit gallery: error: the gallery needs matplotlib",
                      code=1)
-    assert 'pip install "dropkit[gallery]"' in result[2]
+    assert 'pip install -e ".[gallery]" (run in the dropkit repository clone)' in result[2]
     assert not folder.exists()
 
 
@@ -279,6 +280,56 @@ def test_each_command_has_its_own_help(command):
     assert len(description.split()) >= 8, out  # a sentence, not a stub
 
 
+def test_gallery_help_names_every_picture_it_writes(gallery):
+    folder = gallery[0]
+    written = sorted(path.name for path in folder.iterdir())
+    code, out, _ = run_cli(["gallery", "--help"])
+    assert code == 0
+    description = " ".join(out.split("\n\n")[1].split())
+    named = sorted(set(re.findall(r"\b[\w.]+\.png\b", description)))
+    assert named == written
+    assert f"Write {len(written)} PNG pictures" in description
+
+
+REPO = Path(__file__).resolve().parents[1]
+HINT = re.compile(r'pip install (?:torch==\S+ )?-e "\.\[(\w+)\]"')
+
+
+def _extras() -> dict[str, list[str]]:
+    import tomllib
+
+    with (REPO / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)["project"]["optional-dependencies"]
+
+
+@pytest.mark.parametrize(("module", "extra", "needed"), [
+    ("gallery", "gallery", ("matplotlib",)),
+    ("audit", "gallery", ("matplotlib",)),
+    ("experiment", "experiment", ("mnist1d", "scikit-learn", "tqdm", "matplotlib")),
+])
+def test_install_hints_work_as_printed(module, extra, needed):
+    # dropkit is not on a package index: a hint installs the extra from the clone, says so,
+    # and names an extra of pyproject.toml that brings what the command imports.
+    hint = importlib.import_module(f"dropkit.cli.{module}")._INSTALL_HINT
+    assert hint == f'pip install -e ".[{extra}]" (run in the dropkit repository clone)'
+    assert HINT.match(hint).group(1) == extra
+    deps = {re.split(r"[<>=;\[ ]", d, maxsplit=1)[0] for d in _extras()[extra]}
+    assert set(needed) <= deps, (extra, deps)
+
+
+def test_no_install_hint_names_dropkit_on_an_index():
+    # `pip install "dropkit[x]"` fails (no such distribution); every hint installs from the clone
+    # and names an extra that exists.
+    extras = _extras()
+    files = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")),
+             *sorted((REPO / "src").rglob("*.py")), *sorted((REPO / "examples").rglob("*.py"))]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"pip install [^\n`]*\bdropkit\[", text), path
+        for extra in re.findall(r'pip install[^\n`]*?"\.\[(\w+)\]"', text):
+            assert extra in extras, (path, extra)
+
+
 # One spelling, one metavar and one help phrasing for the options several commands share.
 SHARED = {
     "--out": ("DIR", r"^folder for .+, created if needed \(default: .+\)$"),
@@ -391,6 +442,102 @@ def test_output_folder_without_write_permission(tmp_path, monkeypatch):
     assert code == 1 and out == ""
     assert err == f"dropkit gallery: error: cannot write to {str(folder)!r}: permission denied.\n"
     assert list(folder.iterdir()) == []
+
+
+def _read_only_at(monkeypatch, folder: Path) -> None:
+    """``folder`` behaves as the root of a read-only mount (statvfs says ST_RDONLY; even root's
+    os.access refuses writing there)."""
+    real_statvfs, real_access = os.statvfs, os.access
+
+    class Flags:
+        f_flag = os.ST_RDONLY
+
+    inside = lambda path: Path(path) == folder or folder in Path(path).parents  # noqa: E731
+    monkeypatch.setattr(_args.os, "statvfs", lambda path: (
+        Flags() if inside(path) else real_statvfs(path)))
+    monkeypatch.setattr(_args.os, "access", lambda path, mode: (
+        False if inside(path) else real_access(path, mode)))
+
+
+READ_ONLY = "it is on a read-only file system; choose a writable folder."
+
+
+def test_output_folder_on_a_read_only_file_system(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    _read_only_at(monkeypatch, folder)
+    result = run_cli(["gallery", "--out", str(folder)])
+    assert_cli_error(result, "gallery", code=1)
+    assert result[2] == f"dropkit gallery: error: cannot write to {str(folder)!r}: {READ_ONLY}\n"
+    assert list(folder.iterdir()) == []
+
+
+def test_new_output_folder_under_a_read_only_file_system(tmp_path, monkeypatch):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    _read_only_at(monkeypatch, parent)
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    result = run_cli(["gallery", "--out", str(parent / "new")])
+    assert_cli_error(result, "gallery", code=1)
+    assert result[2].endswith(f"cannot create the output folder {str(parent / 'new')!r}: "
+                              f"{READ_ONLY}\n")
+
+
+def test_bench_json_on_a_read_only_file_system_fails_before_timing(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    _read_only_at(monkeypatch, folder)
+    result = run_cli(["bench", "--numel", "64", "--json", str(folder / "b.json")])
+    assert_cli_error(result, "bench", code=1)
+    assert result[2].endswith(f"cannot write {str(folder / 'b.json')!r}: {READ_ONLY}\n")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_bench_json_in_proc_fails_before_timing():
+    # /proc accepts no new file, although os.access says root may write there.
+    result = run_cli(["bench", "--numel", "64", "--json", "/proc/x.json"])
+    assert_cli_error(result, "bench", code=1)
+    assert result[2].endswith("cannot write '/proc/x.json': no file can be created in "
+                              "'/proc'; choose a writable folder.\n")
+
+
+def test_check_writable_file_leaves_no_file_and_keeps_an_existing_one(tmp_path):
+    new = tmp_path / "new.json"
+    assert _args.check_writable_file(new) == new and not new.exists()
+    old = tmp_path / "old.json"
+    old.write_text("kept")
+    _args.check_writable_file(old)
+    assert old.read_text() == "kept"
+
+
+def test_interrupt_removes_the_empty_output_folders_it_created(tmp_path, monkeypatch):
+    def interrupted(p, seed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gallery_cli, "PICTURES", (("a.png", interrupted, "nothing"),))
+    folder = tmp_path / "new" / "nested"
+    assert run_cli(["gallery", "--out", str(folder)]) == (130, "", "dropkit gallery: interrupted\n")
+    assert list(tmp_path.iterdir()) == []  # both levels it created are gone
+    # A folder that existed before is kept, empty or not.
+    folder.mkdir(parents=True)
+    assert run_cli(["gallery", "--out", str(folder)])[0] == 130
+    assert folder.is_dir()
+
+
+def test_a_later_command_keeps_the_folders_an_earlier_one_created(tmp_path, monkeypatch):
+    folder = tmp_path / "made"
+    assert run_cli(["gallery", "--out", str(folder), "--dpi", "20"])[0] == 0
+    for png in folder.iterdir():
+        png.unlink()
+    monkeypatch.setattr(gallery_cli, "PICTURES", ())
+    monkeypatch.setattr(gallery_cli, "make_folder", lambda f: (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    assert run_cli(["gallery", "--out", str(tmp_path / "other")])[0] == 130
+    assert folder.is_dir()  # created by the first, successful command: not this one's to remove
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ test the attribute mapping, not compatibility with a particular installed releas
 from __future__ import annotations
 
 import statistics
+import warnings
 
 import pytest
 import torch
@@ -21,7 +22,13 @@ from torch import nn
 import dropkit
 import dropkit.nn as dnn
 from dropkit import rng
-from dropkit.convert import ConversionReport, ConvertedModule, SkippedModule
+from dropkit.convert import (
+    ConversionReport,
+    ConvertedModule,
+    SkippedModule,
+    timm_drop_block_fraction,
+    torchvision_drop_block_fraction,
+)
 from helpers import assert_keep_rate
 
 
@@ -277,7 +284,8 @@ def test_every_torch_class_becomes_its_dropkit_module_with_its_settings(
 
 def test_feature_alpha_dropout_needs_its_rank_and_then_shares_channels():
     layer = nn.FeatureAlphaDropout(0.25)  # a 16-bit rate: dropkit's scale is torch's
-    skipped = dropkit.convert(nn.Sequential(layer))
+    with pytest.warns(UserWarning, match="no layer was converted"):
+        skipped = dropkit.convert(nn.Sequential(layer))
     assert skipped.converted == [] and "feature_alpha_rank" in skipped.skipped[0].reason
     report = dropkit.convert(nn.Sequential(layer), feature_alpha_rank=4)
     new = report.model[0]
@@ -520,7 +528,8 @@ def test_eval_identity_of_peer_conversions():
     (TvStochasticDepth(0.2, "rows"), "mode"),
 ], ids=["with_noise", "batchwise", "gamma_scale", "bad-mode"])
 def test_peer_layers_without_an_equivalent_are_skipped_with_the_reason(layer, reason):
-    report = dropkit.convert(nn.Sequential(layer))
+    with pytest.warns(UserWarning, match="no layer was converted"):
+        report = dropkit.convert(nn.Sequential(layer))
     assert report.converted == [] and report.model[0] is layer
     (skip,) = report.skipped
     assert skip.name == "0" and skip.source == type(layer).__module__ + "." + type(
@@ -540,7 +549,12 @@ def test_include_and_exclude_by_glob_and_by_type():
         })
 
     def names(**kw):
-        return [c.name for c in dropkit.convert(model(), **kw).converted]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            converted = [c.name for c in dropkit.convert(model(), **kw).converted]
+        assert [str(w.message)[:31] for w in caught] == (
+            [] if converted else ["convert: no layer was converted"])
+        return converted
 
     assert names() == ["enc.0", "enc.1", "dec.0", "dec.1"]
     assert names(include="enc.*") == ["enc.0", "enc.1"]
@@ -570,8 +584,10 @@ def test_a_layer_registered_twice_becomes_one_shared_module():
     report = dropkit.convert(model)
     assert [c.name for c in report.converted] == ["drop"]
     assert type(model.drop) is dnn.Dropout and model.blocks[1] is model.drop
-    assert [c.name for c in dropkit.convert(
-        nn.ModuleList([nn.Dropout(), model.drop, nn.Dropout()]), include="1").converted] == []
+    with pytest.warns(UserWarning, match="no layer was converted"):
+        again = dropkit.convert(nn.ModuleList([nn.Dropout(), model.drop, nn.Dropout()]),
+                                include="1")
+    assert again.converted == []
 
 
 def test_the_model_itself_can_be_a_dropout_layer():
@@ -624,7 +640,8 @@ def test_report_records_and_table():
                                     "dropkit.nn.DropBlock2d"]
     assert "per_channel=False" in lines[3] and "note: 0:" in text
     assert "skipped:\n  2 (torch.nn.FeatureAlphaDropout): " in text
-    assert str(dropkit.convert(nn.Linear(2, 2))) == "converted 0 module(s), skipped 0"
+    with pytest.warns(UserWarning, match="no layer was converted"):
+        assert str(dropkit.convert(nn.Linear(2, 2))) == "converted 0 module(s), skipped 0"
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
@@ -687,3 +704,211 @@ def test_a_converted_mlp_trains_like_the_original():
     assert gap < tolerance, (original, converted)
     control = _final_loss(True, 10, p=0.3)
     assert abs(control - statistics.fmean(original)) > 2 * tolerance, (control, original)
+
+
+# ---------------------------------------------------------------------------------------------
+# A convert that converts nothing warns (as baal's patch_module does)
+
+
+def test_converting_nothing_warns_and_converting_something_does_not():
+    with pytest.warns(UserWarning, match=r"no layer was converted \(0 skipped"):
+        dropkit.convert(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.warns(UserWarning, match=r"no layer was converted \(1 skipped"):
+        dropkit.convert(nn.Sequential(nn.FeatureAlphaDropout()))
+    dropkit.convert(nn.Sequential(nn.Dropout()))  # filterwarnings=error: no warning here
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers whose p only feeds a fused kernel never run: not converted, reported as not applied.
+# Look-alikes of timm's Attention (timm/layers/attention.py) and of transformers' BERT self-
+# attention (models/bert/modeling_bert.py, which hands `self.dropout.p` to an attention function).
+
+
+class TimmLikeAttention(nn.Module):
+    def __init__(self, dim=8, num_heads=2, attn_drop=0.1, proj_drop=0.1, fused_attn=True):
+        super().__init__()
+        self.num_heads, self.fused_attn = num_heads, fused_attn
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+            attn = self.attn_drop(attn)
+            x = attn @ v
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+
+def attention_function(module, q, k, v, dropout=0.0):
+    weights = F.dropout((q @ k.transpose(-2, -1)).softmax(dim=-1), p=dropout,
+                        training=module.training)
+    return weights @ v
+
+
+class BertLikeSelfAttention(nn.Module):
+    def __init__(self, dim=8, p=0.1):
+        super().__init__()
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(
+            dim, dim)
+        self.dropout = nn.Dropout(p)
+
+    def forward(self, x):
+        return attention_function(self, self.query(x), self.key(x), self.value(x),
+                                  dropout=0.0 if not self.training else self.dropout.p)
+
+
+def _calls(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """How often each dropout-family layer of ``model`` runs in one training forward."""
+    counts: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Dropout | dnn.Dropout):
+            counts[name] = 0
+            handles.append(m.register_forward_hook(
+                lambda mod, a, out, name=name: counts.__setitem__(name, counts[name] + 1)))
+    model.train()(x)
+    for h in handles:
+        h.remove()
+    return counts
+
+
+def test_dropout_read_only_by_a_fused_kernel_is_reported_not_applied_and_left_alone():
+    x = torch.randn(2, 4, 8)
+    fused = TimmLikeAttention(fused_attn=True)
+    assert _calls(fused, x) == {"attn_drop": 0, "proj_drop": 1}  # torch's own behaviour
+    report = dropkit.convert(fused)
+    assert [c.name for c in report.converted] == ["proj_drop"]
+    (skip,) = report.skipped
+    assert skip.name == "attn_drop" and skip.source == "torch.nn.Dropout"
+    assert skip.reason.startswith("not applied:") and "fused_attn=True" in skip.reason
+    assert "TimmLikeAttention" in skip.reason and "scaled_dot_product_attention" in skip.reason
+    assert type(fused.attn_drop) is nn.Dropout and type(fused.proj_drop) is dnn.Dropout
+    assert "not applied" in str(report)
+
+    eager = TimmLikeAttention(fused_attn=False)  # the layer runs: it is converted
+    assert _calls(eager, x) == {"attn_drop": 1, "proj_drop": 1}
+    assert [c.name for c in dropkit.convert(eager).converted] == ["attn_drop", "proj_drop"]
+    assert _calls(eager, x) == {"attn_drop": 1, "proj_drop": 1}
+
+    bert = nn.Sequential(BertLikeSelfAttention(), nn.Dropout(0.1))
+    counts = _calls(bert, x)
+    assert counts == {"0.dropout": 0, "1": 1}
+    report = dropkit.convert(bert)
+    assert [c.name for c in report.converted] == ["1"]
+    assert report.skipped[0].name == "0.dropout"
+    assert "reads only the layer's p" in report.skipped[0].reason
+
+
+def test_multihead_attentions_own_dropout_is_reported_and_the_layers_around_it_converted():
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.1, batch_first=True)
+    report = dropkit.convert(layer)
+    assert sorted(c.name for c in report.converted) == ["dropout", "dropout1", "dropout2"]
+    (skip,) = report.skipped
+    assert skip.name == "self_attn" and skip.source == "torch.nn.MultiheadAttention"
+    assert "dropout=0.1" in skip.reason and "not a layer" in skip.reason
+    assert dropkit.convert(nn.Sequential(nn.MultiheadAttention(8, 2), nn.Dropout())).skipped == []
+
+
+# ---------------------------------------------------------------------------------------------
+# DropBlock: the peers' realised rates (map-size dependent) and drop_block_rate="realised"
+
+
+def _map_drop_fractions(layer: nn.Module, spatial: tuple[int, ...], n: int = 4000
+                        ) -> tuple[float, float]:
+    """Mean and standard error of the dropped fraction of ``n`` independent one-channel maps."""
+    torch.manual_seed(0)
+    out = layer.train()(torch.ones(n, 1, *spatial))
+    per_map = (out == 0).flatten(1).double().mean(1)
+    return per_map.mean().item(), per_map.std().item() / n ** 0.5
+
+
+@pytest.mark.parametrize(("layer", "spatial", "fraction"), [
+    (TimmDropBlock2d(0.1, 5, gamma_scale=0.25), (4, 4),
+     lambda s: timm_drop_block_fraction(s, 0.1, 5, 0.25)),
+    (TimmDropBlock2d(0.1, 3), (2, 2), lambda s: timm_drop_block_fraction(s, 0.1, 3)),
+    (TimmDropBlock2d(0.2, 4), (9, 6), lambda s: timm_drop_block_fraction(s, 0.2, 4)),
+    (TimmDropBlock2d(0.1, 7), (7, 7), lambda s: timm_drop_block_fraction(s, 0.1, 7)),
+    (OldTimmDropBlock2d(0.1, 5), (9, 9),
+     lambda s: timm_drop_block_fraction(s, 0.1, 5, legacy=True)),
+    (TvDropBlock2d(0.3, 5), (9, 9), lambda s: torchvision_drop_block_fraction(
+        s, 0.3, 5)),
+    (TvDropBlock3d(0.2, 3), (6, 6, 6), lambda s: torchvision_drop_block_fraction(
+        s, 0.2, 3)),
+], ids=["timm-4x4", "timm-2x2", "timm-even", "timm-7x7", "old-timm", "tv-2d", "tv-3d"])
+def test_peer_drop_block_fractions_are_what_the_peers_drop(layer, spatial, fraction):
+    mean, se = _map_drop_fractions(layer, spatial)
+    assert abs(mean - fraction(spatial)) <= 4 * se + 1e-12, (mean, se, fraction(spatial))
+
+
+class _BlockNet(nn.Module):
+    """conv, BatchNorm, a DropBlock on the input's map, pooling, a DropBlock that never runs."""
+
+    def __init__(self, block: nn.Module, unused: nn.Module | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.block = block
+        self.pool = nn.MaxPool2d(2)
+        self.unused = unused if unused is not None else nn.Identity()
+
+    def forward(self, x):
+        return self.pool(self.block(self.bn(self.conv(x))))
+
+
+def test_drop_block_rate_realised_keeps_timms_fraction_at_the_layers_map_size():
+    example = torch.randn(2, 1, 4, 4)
+    timm_rate = timm_drop_block_fraction((4, 4), 0.1, 5, 0.25)
+    assert timm_rate > 8 * 0.025  # timm drops far more than its nominal rate here
+
+    nominal = dropkit.convert(_BlockNet(TimmDropBlock2d(0.1, 5, 0.25)), example_input=example)
+    (record,) = nominal.converted
+    assert record.settings["p"] == 0.025
+    assert f"timm drops {timm_rate:.4f} on this layer's 4x4 map" in record.notes[0]
+    blind = dropkit.convert(_BlockNet(TimmDropBlock2d(0.1, 5, 0.25))).converted[0]
+    assert blind.settings["p"] == 0.025 and "pass example_input=" in blind.notes[0]
+
+    net = _BlockNet(TimmDropBlock2d(0.1, 5, 0.25), unused=TimmDropBlock2d(0.1, 3)).train()
+    running = net.bn.running_mean.clone()
+    report = dropkit.convert(net, drop_block_rate="realised", example_input=(example,))
+    assert net.training and net.bn.training and torch.equal(net.bn.running_mean, running)
+    (record,) = report.converted
+    assert record.name == "block" and record.settings["p"] == pytest.approx(timm_rate, abs=1e-15)
+    assert f"p = {timm_rate:.4f} is what timm drops" in record.notes[0]
+    (skip,) = report.skipped
+    assert skip.name == "unused" and "did not run" in skip.reason
+    # dropkit now drops timm's fraction on this map (measured against the look-alike).
+    dk_mean, dk_se = _map_drop_fractions(net.block, (4, 4))
+    tm_mean, tm_se = _map_drop_fractions(TimmDropBlock2d(0.1, 5, 0.25), (4, 4))
+    assert abs(dk_mean - tm_mean) <= 4 * (dk_se ** 2 + tm_se ** 2) ** 0.5
+    assert abs(dk_mean - timm_rate) <= 4 * dk_se
+
+
+def test_drop_block_rate_realised_for_torchvision_and_keyword_example_inputs():
+    class KwNet(_BlockNet):
+        def forward(self, *, image):
+            return super().forward(image)
+
+    example = {"image": torch.randn(2, 1, 9, 9)}
+    report = dropkit.convert(KwNet(TvDropBlock2d(0.3, 5)), drop_block_rate="realised",
+                             example_input=example)
+    assert report.converted[0].settings["p"] == pytest.approx(
+        torchvision_drop_block_fraction((9, 9), 0.3, 5), abs=1e-15)
+    assert report.converted[0].settings["p"] < 0.3
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"drop_block_rate": "measured"}, "`drop_block_rate` must be 'nominal' or 'realised', got "
+                                      "'measured'"),
+    ({"drop_block_rate": "realised"}, "drop_block_rate='realised' needs `example_input`"),
+])
+def test_bad_drop_block_rate_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dropkit.convert(nn.Sequential(nn.Dropout()), **kwargs)

@@ -127,11 +127,14 @@ def test_p0_and_eval_return_the_input_object(name):
 
 
 @pytest.mark.parametrize("name", MODED)
-def test_p_below_half_a_lane_step_is_p0(name):
-    # p_eff = round(p * 65536) / 65536 is 0 for p < 2**-17: the input comes back unchanged.
+def test_p_below_half_a_lane_step_keeps_everything_in_a_new_tensor(name):
+    # p_eff = round(p * 65536) / 65536 is 0 for p < 2**-17: the values come back unchanged, but
+    # in a new tensor (only p == 0 and eval may return the input itself).
     x = torch.randn(SHAPES[name])
-    assert FUNCS[name](x, 2.0**-18) is x
-    assert FUNCS[name](x, 2.0**-18, mode="vanilla") is x
+    for mode in ("inverted", "vanilla"):
+        for training in (True, False) if mode == "vanilla" else (True,):
+            y = FUNCS[name](x, 2.0**-18, training, mode=mode)
+            assert y is not x and torch.equal(y, x)
     assert FUNCS[name](x, 0.0, training=False, mode="vanilla") is x
     assert FUNCS[name](x, 0.5, training=False, mode="inverted") is x
 
@@ -171,13 +174,13 @@ def test_training_values_follow_the_spec(name, dtype, p, seed, mode):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed % 1000)).to(dtype)
     y = FUNCS[name](x, p, seed=seed, mode=mode)
     t = rng.threshold(p)
-    if t == 0:
+    if p == 0.0:
         assert y is x
         return
     keep = spec_keep(noise_shape(name, shape), p, seed, shape)
     scale = rng.inverted_scale(t) if mode == "inverted" else 1.0
     expected = torch.where(keep, scaled(x, scale), torch.zeros((), dtype=dtype))
-    assert y.dtype == dtype and y.shape == x.shape
+    assert y is not x and y.dtype == dtype and y.shape == x.shape
     assert torch.equal(y, expected)
     assert (y[~keep] == 0).all() and not torch.signbit(y[~keep]).any()
     if mode == "vanilla":

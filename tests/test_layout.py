@@ -297,3 +297,16 @@ def test_triton_kernels_keep_the_memory_format(monkeypatch, name, kind, dtype):
             got = op(x, 13)
         assert same_bits(got, want), (name, kind, shape)
         assert _same_layout(got, torch_op(x)), (name, kind, got.stride(), torch_op(x).stride())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(OPS))
+@pytest.mark.parametrize("kind", ["channels_last", "permuted"])
+def test_outputs_accept_inplace_ops_as_torchs_do(backend, name, kind):
+    """An op's output is not a view of a temporary: ``relu_`` on it works under autograd, as on
+    torch's dropout outputs (timm's ResNet applies an in-place ReLU after DropBlock)."""
+    x = _layout(_randn((2, 3, 4, 5)), kind, (0, 3, 1, 2)).requires_grad_()
+    out = _run(backend, OPS[name][0], x)
+    assert not out._is_view()
+    out.relu_().sum().backward()
+    assert x.grad is not None

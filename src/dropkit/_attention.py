@@ -163,11 +163,15 @@ def attention(
     return _forward(q, k, v, mask, key, threshold, keep_scale, scale, causal, mode)
 
 
-@attention.register_fake
-def _(q, k, v, mask, key, threshold, keep_scale, scale, causal, mode):
+def _forward_fake(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     batch = _batch_shape(q, k, v, mask)
     out = q.new_empty(*batch, q.shape[-2], v.shape[-1])
     return out, q.new_empty(*batch, q.shape[-2], dtype=torch_ref.compute_dtype(q.dtype))
+
+
+@attention.register_fake
+def _(q, k, v, mask, key, threshold, keep_scale, scale, causal, mode):
+    return _forward_fake(q, k, v, mask)
 
 
 @torch.library.custom_op("dropkit::attention_backward", mutates_args=())
@@ -191,10 +195,15 @@ def attention_backward(
                      mode, mask_grad)
 
 
+def _backward_fake(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                   mask_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dmask = q.new_empty(mask.shape if mask_grad else (0,))  # contiguous, as _backward's
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
+
+
 @attention_backward.register_fake
 def _(grad, q, k, v, mask, out, lse, key, threshold, keep_scale, scale, causal, mode, mask_grad):
-    dmask = q.new_empty(mask.shape if mask_grad else (0,))
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+    return _backward_fake(q, k, v, mask, mask_grad)
 
 
 def _setup(ctx, inputs, output):
@@ -214,6 +223,83 @@ def _attention_grad(ctx, grad, _):
 
 
 attention.register_autograd(_attention_grad, setup_context=_setup)
+
+
+def _rate_params(p: Tensor) -> tuple[int, float]:
+    """``(threshold, keep_scale)`` of a 0-dim rate tensor, read (and checked) at run time."""
+    from ._ops import read_rate
+
+    rate = read_rate(p, "scaled_dot_product_attention")
+    t, keep_scale, _, _ = rng.affine_params("inverted", rate)
+    return t, keep_scale
+
+
+@torch.library.custom_op("dropkit::attention_rate", mutates_args=())
+def attention_rate(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    key: Tensor,
+    p: Tensor,
+    scale: float,
+    causal: bool,
+    mode: str,
+) -> tuple[Tensor, Tensor]:
+    """``dropkit::attention`` with the rate a 0-dim tensor read when the op runs, so a
+    compiled graph follows a changing rate (a schedule) without recompiling."""
+    t, keep_scale = _rate_params(p)
+    return _forward(q, k, v, mask, key, t, keep_scale, scale, causal, mode)
+
+
+@attention_rate.register_fake
+def _(q, k, v, mask, key, p, scale, causal, mode):
+    return _forward_fake(q, k, v, mask)
+
+
+@torch.library.custom_op("dropkit::attention_rate_backward", mutates_args=())
+def attention_rate_backward(
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    out: Tensor,
+    lse: Tensor,
+    key: Tensor,
+    p: Tensor,
+    scale: float,
+    causal: bool,
+    mode: str,
+    mask_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    t, keep_scale = _rate_params(p)
+    return _backward(grad, q, k, v, mask, out, lse, key, t, keep_scale, scale, causal, mode,
+                     mask_grad)
+
+
+@attention_rate_backward.register_fake
+def _(grad, q, k, v, mask, out, lse, key, p, scale, causal, mode, mask_grad):
+    return _backward_fake(q, k, v, mask, mask_grad)
+
+
+def _setup_rate(ctx, inputs, output):
+    q, k, vv, mask, key, p, scale, causal, mode = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, vv, mask, out, lse, key, p)
+    ctx.mark_non_differentiable(lse)
+    ctx.mask_grad = mask is not None and mask.dtype != torch.bool and mask.requires_grad
+    ctx.params = (scale, causal, mode)
+
+
+def _attention_rate_grad(ctx, grad, _):
+    q, k, vv, mask, out, lse, key, p = ctx.saved_tensors
+    dq, dk, dv, dmask = attention_rate_backward(grad.contiguous(), q, k, vv, mask, out, lse, key,
+                                                p, *ctx.params, ctx.mask_grad)
+    return dq, dk, dv, (dmask if ctx.mask_grad else None), None, None, None, None, None
+
+
+attention_rate.register_autograd(_attention_rate_grad, setup_context=_setup_rate)
 
 
 def _check_tensor(fn: str, name: str, value: object, dims: int) -> Tensor:
@@ -244,6 +330,36 @@ def _check_mask(fn: str, mask: object, q: Tensor, batch: tuple[int, ...], length
         raise ValueError(f"{fn}: `attn_mask` must broadcast to the weights' shape {target} "
                          f"(..., L, S), got shape {tuple(mask.shape)}.") from None
     return mask
+
+
+def _check_dropout_p(fn: str, p: object) -> float | Tensor:
+    """A float in ``[0, 1]``; a 0-dim floating tensor is read here in eager mode (checked, its
+    value used as the float) and passed on while compiling or tracing."""
+    if not isinstance(p, Tensor):
+        return v.check_p(fn, p, "dropout_p")
+    if p.dim() != 0 or not p.is_floating_point():
+        raise TypeError(f"{fn}: `dropout_p` must be a real number in [0, 1] or a 0-dim floating "
+                        f"tensor, got a tensor of shape {tuple(p.shape)} and dtype {p.dtype}.")
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or type(p) is not Tensor:
+        return p
+    from ._ops import read_rate
+
+    return read_rate(p, fn)
+
+
+def _grouped(q: Tensor, k: Tensor, vv: Tensor, mask: Tensor | None, batch: tuple[int, ...],
+             groups: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Grouped-query attention as broadcasting: ``(..., Hk, G, L, E)`` against
+    ``(..., Hk, 1, S, E)``, the same row-major field as the ``(..., Hq, L, S)`` weights."""
+    if groups == 1:
+        return q, k, vv, mask
+    hk = k.shape[-3]
+    q = q.unflatten(-3, (hk, groups))
+    k, vv = k.unsqueeze(-3), vv.unsqueeze(-3)
+    if mask is not None:
+        mask = mask.reshape((1,) * (len(batch) + 2 - mask.dim()) + mask.shape)
+        mask = mask.unflatten(-3, (hk, groups)) if mask.shape[-3] != 1 else mask.unsqueeze(-3)
+    return q, k, vv, mask
 
 
 def scaled_dot_product_attention(
@@ -284,7 +400,9 @@ def scaled_dot_product_attention(
             dtype and device; batch dimensions broadcast.
         attn_mask: ``None``, or a bool, float32 or query-dtype tensor broadcastable to
             ``(..., L, S)``; a floating mask receives a gradient.
-        dropout_p: Probability of dropping an attention weight (or key), in ``[0, 1]``.
+        dropout_p: Probability of dropping an attention weight (or key), in ``[0, 1]``: a
+            float, or a 0-dim floating tensor (read when the op runs under ``torch.compile``,
+            so a changing rate does not recompile; read at once in eager mode).
         is_causal: Causal masking; cannot be combined with ``attn_mask``.
         scale: Logit scale; ``1 / sqrt(E)`` when ``None``.
         enable_gqa: Grouped-query attention: key/value have ``Hk`` heads (dimension -3), query
@@ -329,7 +447,7 @@ def scaled_dot_product_attention(
     if vv.shape[-2] != k.shape[-2]:
         raise ValueError(f"{fn}: `value` must have as many rows S as `key` ({k.shape[-2]}), "
                          f"got shape {tuple(vv.shape)}.")
-    p = v.check_p(fn, dropout_p, "dropout_p")
+    p = _check_dropout_p(fn, dropout_p)
     v.check_bool(fn, "is_causal", is_causal)
     v.check_bool(fn, "enable_gqa", enable_gqa)
     v.check_choice(fn, "dropout_mode", dropout_mode, MODES)
@@ -369,18 +487,19 @@ def scaled_dot_product_attention(
         mask = _check_mask(fn, attn_mask, q, batch, length, s)
         batch = tuple(torch.broadcast_shapes(batch, mask.shape[:-2]))
     scale_value = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if isinstance(p, Tensor):  # compiling or tracing: the op reads the rate at run time
+        q, k, vv, mask = _grouped(q, k, vv, mask, batch, groups)
+        from .functional import draw_key
+
+        out, _ = attention_rate(q, k, vv, mask, draw_key(seed, generator), p.to(torch.float64),
+                                scale_value, is_causal, dropout_mode)
+        return out.flatten(-4, -3) if groups > 1 else out
     t, keep_scale, _, _ = rng.affine_params("inverted", p)
     if t == 0:
         return torch.nn.functional.scaled_dot_product_attention(
             q, k, vv, attn_mask=mask, dropout_p=0.0, is_causal=is_causal, scale=scale_value,
             enable_gqa=enable_gqa)
-    if groups > 1:  # (..., Hk, G, L, E) against (..., Hk, 1, S, E): the same row-major field
-        hk = k.shape[-3]
-        q = q.unflatten(-3, (hk, groups))
-        k, vv = k.unsqueeze(-3), vv.unsqueeze(-3)
-        if mask is not None:
-            mask = mask.reshape((1,) * (len(batch) + 2 - mask.dim()) + mask.shape)
-            mask = mask.unflatten(-3, (hk, groups)) if mask.shape[-3] != 1 else mask.unsqueeze(-3)
+    q, k, vv, mask = _grouped(q, k, vv, mask, batch, groups)
     if t >= rng.LANE_RANGE:
         key_tensor = torch.zeros(2, dtype=torch.int64)  # every weight dropped: nothing drawn
     else:

@@ -154,13 +154,7 @@ def _numba():
     """The numba kernel module, or None (not importable, or the torch backend is forced)."""
     if kernels.get_backend() == "torch":
         return None
-    try:
-        from .kernels import drop_block_numba
-    except ImportError:
-        if kernels.get_backend() == "numba":
-            raise
-        return None
-    return drop_block_numba
+    return kernels._load("drop_block_numba", "numba")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +218,7 @@ def drop_block_op(
         return _drop_block(x, *args, channels_last)
     if order == _flipped_order(x.dim(), len(block_size), channels_last):
         out = _drop_block(x.permute(order), *args, not channels_last)
-        return out.permute(torch_ref.inverse(order))
+        return torch_ref.unpermute(out, order)
     return torch.empty_like(x).copy_(_drop_block(x, *args, channels_last))
 
 
@@ -235,16 +229,16 @@ def _(x, key, p, block_size, per_channel, scale, channels_last):
 
 def _setup(ctx, inputs, output):
     _, key, *params = inputs
-    ctx.save_for_backward(key)
+    _ops._save(ctx, key)
     ctx.params = params
 
 
 def _backward(ctx, grad):
     (key,) = ctx.saved_tensors
-    return drop_block_op(grad, key, *ctx.params), None, None, None, None, None, None
+    return drop_block_eager(grad, key, *ctx.params), None, None, None, None, None, None
 
 
-drop_block_op.register_autograd(_backward, setup_context=_setup)
+drop_block_eager = _ops.differentiable(drop_block_op, _setup, _backward, name="_DropBlockFn")
 
 
 @torch.library.custom_op("dropkit::drop_block_at", mutates_args=())
@@ -291,10 +285,12 @@ def _(x, key, p, block_size, per_channel, scale, channels_last, global_shape, of
 
 def _backward_at(ctx, grad):
     (key,) = ctx.saved_tensors
-    return drop_block_at_op(grad, key, *ctx.params), *(None,) * 8
+    return drop_block_at_eager(grad, key, *ctx.params), *(None,) * 8
 
 
-drop_block_at_op.register_autograd(_backward_at, setup_context=_setup)
+drop_block_at_eager = _ops.differentiable(
+    drop_block_at_op, _setup, _backward_at, name="_DropBlockAtFn"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,15 +323,15 @@ def _make(spatial_dims: int):
         if not training or input.numel() == 0:
             return input
         if isinstance(p, Tensor):  # read when the op runs: no recompiles when it changes
-            key, rate = _functional.draw_key(seed, generator), p
+            key, rate = _functional.draw_key(seed, generator, rate=p), p
         elif p == 0.0:
             return input
         else:
             key = (torch.tensor(_NO_KEY, dtype=torch.int64) if p == 1.0
                    else _functional.draw_key(seed, generator))
             rate = torch.tensor(p, dtype=torch.float64)
-        out = drop_block_op(input, key, rate, list(block), per_channel, scale,
-                            data_format == "channels_last")
+        out = drop_block_eager(input, key, rate, list(block), per_channel, scale,
+                               data_format == "channels_last")
         return input.copy_(out) if inplace else out
 
     drop_block.__name__ = drop_block.__qualname__ = name

@@ -100,8 +100,14 @@ def _triton(x: Tensor) -> ModuleType | None:
 def _masked_grad(grad, key, threshold, scale, p, noise_shape, kind) -> Tensor:
     """The masked, scaled gradient: the backward of dropout's own op."""
     if p is not None:
-        return _ops.rate_op_backward(grad, key, p, list(noise_shape), kind)
-    return _ops.masked_affine(grad, key, threshold, list(noise_shape), scale, 0.0, 0.0)
+        return _ops.rate_op_backward_eager(grad, key, p, list(noise_shape), kind)
+    return _ops.masked_affine_eager(grad, key, threshold, list(noise_shape), scale, 0.0, 0.0)
+
+
+def _total(*tangents: Tensor | None) -> Tensor | None:
+    """The sum of the tangents that are not ``None`` (``None`` when all are)."""
+    present = [t for t in tangents if t is not None]
+    return sum(present[1:], present[0]) if present else None
 
 
 
@@ -133,7 +139,7 @@ def _(x, bias, residual, key, threshold, scale, p):
 
 def _bias_dropout_add_setup(ctx, inputs, output):
     x, bias, _, key, threshold, scale, p = inputs
-    ctx.save_for_backward(key, p)
+    _ops._save(ctx, key, p)
     ctx.params = (threshold, scale, list(x.shape), None if bias is None else list(bias.shape))
 
 
@@ -143,14 +149,25 @@ def _bias_dropout_add_backward(ctx, grad):
     need_x, need_bias, need_residual = ctx.needs_input_grad[:3]
     grad_x = grad_bias = None
     if bias_shape is not None and need_bias:
-        grad_x, grad_bias = bias_dropout_add_backward(grad, key, threshold, scale, p, bias_shape)
+        grad_x, grad_bias = bias_dropout_add_backward_eager(grad, key, threshold, scale, p,
+                                                            bias_shape)
     elif need_x:
         grad_x = _masked_grad(grad, key, threshold, scale, p, shape, "inverted")
     return grad_x, grad_bias, grad if need_residual else None, None, None, None, None
 
 
-bias_dropout_add_op.register_autograd(
-    _bias_dropout_add_backward, setup_context=_bias_dropout_add_setup
+def _bias_dropout_add_jvp(ctx, x_t, bias_t, residual_t, *_):
+    """``d out = M * scale * (d x + d bias) + d residual``."""
+    key, p = ctx.saved_tensors
+    threshold, scale, shape, _ = ctx.params
+    h_t = _total(x_t, None if bias_t is None else bias_t.expand(shape))
+    out_t = None if h_t is None else _masked_grad(h_t, key, threshold, scale, p, shape, "inverted")
+    return _total(out_t, residual_t)
+
+
+bias_dropout_add_eager = _ops.differentiable(
+    bias_dropout_add_op, _bias_dropout_add_setup, _bias_dropout_add_backward,
+    name="_BiasDropoutAddFn", jvp=_bias_dropout_add_jvp,
 )
 
 
@@ -183,16 +200,16 @@ def _(grad, key, threshold, scale, p, bias_shape):
 
 
 def _backward_setup(ctx, inputs, output):
-    grad, key, threshold, scale, p, _ = inputs
-    ctx.save_for_backward(key, p)
-    ctx.params = (threshold, scale, list(grad.shape))
+    grad, key, threshold, scale, p, bias_shape = inputs
+    _ops._save(ctx, key, p)
+    ctx.params = (threshold, scale, list(grad.shape), bias_shape)
 
 
 def _backward_backward(ctx, grad_grad_x, grad_grad_bias):
     """Both outputs are linear in ``grad`` with the same mask: ``d grad = M * scale * (gg_x +
     gg_bias broadcast)``."""
     key, p = ctx.saved_tensors
-    threshold, scale, shape = ctx.params
+    threshold, scale, shape, _ = ctx.params
     if grad_grad_x is None:
         total = grad_grad_bias.expand(shape)
     else:
@@ -200,7 +217,17 @@ def _backward_backward(ctx, grad_grad_x, grad_grad_bias):
     return _masked_grad(total, key, threshold, scale, p, shape, "inverted"), *(None,) * 5
 
 
-bias_dropout_add_backward.register_autograd(_backward_backward, setup_context=_backward_setup)
+def _backward_jvp(ctx, grad_t, *_):
+    """Both outputs are linear in ``grad``: the op itself on the tangent."""
+    key, p = ctx.saved_tensors
+    threshold, scale, _, bias_shape = ctx.params
+    return bias_dropout_add_backward_eager(grad_t, key, threshold, scale, p, bias_shape)
+
+
+bias_dropout_add_backward_eager = _ops.differentiable(
+    bias_dropout_add_backward, _backward_setup, _backward_backward,
+    name="_BiasDropoutAddBackwardFn", jvp=_backward_jvp,
+)
 
 
 @torch.library.custom_op("dropkit::drop_path_add", mutates_args=())
@@ -230,7 +257,7 @@ def _(x, residual, key, threshold, scale, p, noise_shape, kind):
 
 def _drop_path_add_setup(ctx, inputs, output):
     _, _, key, threshold, scale, p, noise_shape, kind = inputs
-    ctx.save_for_backward(key, p)
+    _ops._save(ctx, key, p)
     ctx.params = (threshold, scale, noise_shape, kind)
 
 
@@ -242,7 +269,19 @@ def _drop_path_add_backward(ctx, grad):
     return grad_x, grad if need_residual else None, *(None,) * 6
 
 
-drop_path_add_op.register_autograd(_drop_path_add_backward, setup_context=_drop_path_add_setup)
+def _drop_path_add_jvp(ctx, x_t, residual_t, *_):
+    """``d out = M * scale * d x + d residual``."""
+    key, p = ctx.saved_tensors
+    threshold, scale, noise_shape, kind = ctx.params
+    out_t = None if x_t is None else _masked_grad(x_t, key, threshold, scale, p, noise_shape,
+                                                  kind)
+    return _total(out_t, residual_t)
+
+
+drop_path_add_eager = _ops.differentiable(
+    drop_path_add_op, _drop_path_add_setup, _drop_path_add_backward, name="_DropPathAddFn",
+    jvp=_drop_path_add_jvp,
+)
 
 
 # --- the functions ----------------------------------------------------------------------------
@@ -250,13 +289,13 @@ drop_path_add_op.register_autograd(_drop_path_add_backward, setup_context=_drop_
 
 def _rate(p, kind, seed, generator, per_rank) -> tuple[Tensor, int, float, Tensor | None] | None:
     """``(key, threshold, scale, p tensor or None)`` of a training call, drawing the key as the
-    unfused function does; ``None`` when a float ``p_eff`` is 0 (the identity, no key drawn)."""
+    unfused function does (iff ``0 < p < 1``); ``None`` for a float ``p == 0`` (the identity)."""
     if isinstance(p, Tensor):
-        return F.draw_key(seed, generator, per_rank=per_rank), 0, 1.0, p
-    t, scale, _, _ = rng.affine_params(kind, p)
-    if t == 0:
+        return F.draw_key(seed, generator, per_rank=per_rank, rate=p), 0, 1.0, p
+    if p == 0.0:
         return None
-    if t == rng.LANE_RANGE:  # everything dropped without looking: no key drawn
+    t, scale, _, _ = rng.affine_params(kind, p)
+    if p == 1.0:  # everything dropped without looking: no key drawn
         return torch.tensor(F._NO_KEY, dtype=torch.int64), t, scale, None
     return F.draw_key(seed, generator, per_rank=per_rank), t, scale, None
 
@@ -320,7 +359,7 @@ def bias_dropout_add(
     rate = _rate(p, "inverted", seed, generator, True) if training and x.numel() else None
     if rate is None:
         return residual + (x if bias is None else x + bias)
-    return bias_dropout_add_op(x, bias, residual, *rate)
+    return bias_dropout_add_eager(x, bias, residual, *rate)
 
 
 def drop_path_add(
@@ -387,5 +426,5 @@ def drop_path_add(
     rate = _rate(p, kind, seed, generator, not sync_ranks) if training and x.numel() else None
     if rate is None:
         return residual + x
-    return drop_path_add_op(x, residual, *rate, list(noise_shape), kind)
+    return drop_path_add_eager(x, residual, *rate, list(noise_shape), kind)
 

@@ -340,7 +340,7 @@ def _block(spatial_dims: int):
             return input
         key = (F.draw_key(seed, generator, per_rank=False) if p < 1.0
                else torch.zeros(2, dtype=torch.int64))
-        out = _drop_block.drop_block_at_op(
+        out = _drop_block.drop_block_at_eager(
             local, key, torch.tensor(p, dtype=torch.float64), list(block), per_channel, scale,
             data_format == "channels_last", list(shard.global_shape), list(shard.offset),
         )

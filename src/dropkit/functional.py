@@ -11,16 +11,22 @@ Conventions shared by all functions:
   as ``p_eff = round(p * 65536) / 65536`` (``|p_eff - p| <= 2**-17``), and inverted scaling uses
   ``1 / (1 - p_eff)``, so ``E[output] == input`` exactly.
 * ``training=False`` or ``p == 0`` returns ``input`` itself (vanilla mode in eval: ``input *
-  (1 - p_eff)``). ``p == 1`` returns exact zeros, with a zero gradient, even for inf/NaN inputs;
-  dropped positions are exactly 0 for any input. Empty tensors pass through.
-* ``p`` may also be a 0-dim floating tensor: the op reads its value when it runs (and checks
-  that it is in ``[0, 1]`` then), so a compiled graph does not guard on it and a schedule can
-  change it every step without recompiling (modules do this under ``torch.compile``). The
-  results are the same as with the float; the tensor path always draws a key and returns a new
-  tensor, even for ``p = 0``.
+  (1 - p_eff)``); every other ``p`` returns a new tensor (or ``input``, written in place, for
+  ``inplace=True``), also when ``p_eff`` rounds to 0. ``p == 1`` returns exact zeros, with a
+  zero gradient, even for inf/NaN inputs; dropped positions are exactly 0 for any input. Empty
+  tensors pass through.
+* ``p`` may also be a 0-dim floating tensor that does not require grad: the op reads its value
+  when it runs (and checks that it is in ``[0, 1]`` then), so a compiled graph does not guard on
+  it and a schedule can change it every step without recompiling (modules do this under
+  ``torch.compile``). The results and the random numbers drawn are the same as with the float;
+  the tensor path returns a new tensor, even for ``p = 0``.
 * ``seed`` (an int in ``[0, 2**64)``) fixes the mask; otherwise a 64-bit seed is drawn from
   ``generator`` (default: torch's default CPU generator), so ``torch.manual_seed`` makes runs
-  reproducible.
+  reproducible. A training call draws it iff ``0 < p < 1`` (the exact ``p``, not ``p_eff``), as
+  ``torch.nn.functional.dropout`` draws random numbers; ``p = 0`` and ``p = 1`` draw nothing.
+* ``inplace=True`` raises what torch's in-place dropout raises: for an inference tensor outside
+  ``torch.inference_mode()`` and for an input whose elements share memory (an expanded tensor),
+  unless nothing is written (``p = 0``, eval).
 * Accepted dtypes: float16, bfloat16, float32, float64. Results keep the input's memory
   format, as torch's dropout does (``torch.preserve_format``: ``channels_last`` stays
   ``channels_last``), with the values of the contiguous computation.
@@ -81,6 +87,11 @@ def _check_rate(fn: str, p: object) -> float | Tensor:
                 f"{fn}: `p` must be a real number in [0, 1] or a 0-dim floating tensor, got a "
                 f"tensor of shape {tuple(p.shape)} and dtype {p.dtype}."
             )
+        if p.requires_grad:
+            raise ValueError(
+                f"{fn}: `p` must not require grad (no gradient flows to the drop rate), got a "
+                f"0-dim tensor with requires_grad=True; pass `p.detach()`."
+            )
         if type(p) is Tensor and not torch.compiler.is_compiling() \
                 and not torch.jit.is_tracing():
             _ops.read_rate(p, fn)
@@ -110,21 +121,54 @@ def _check_common(
     return p
 
 
+GENERATOR_UNDER_COMPILE = (
+    "dropkit: a `generator=` is read outside the compiled graph (torch.compile cannot take a "
+    "torch.Generator into a graph); pass `seed=` instead to compile with fullgraph=True"
+)
+
+
+def _draw_from(generator: torch.Generator) -> Tensor:
+    """Two 32-bit words from ``generator``. Dynamo cannot take a generator into a graph: under
+    ``torch.compile`` this is a graph break first (so the draw runs in eager Python, with
+    eager's key and generator state), and with ``fullgraph=True`` dynamo's ``Unsupported``
+    error quoting :data:`GENERATOR_UNDER_COMPILE` (``docs/export.md``)."""
+    if torch.compiler.is_compiling():
+        torch._dynamo.graph_break(msg=GENERATOR_UNDER_COMPILE)
+    return torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator,
+                         device=generator.device)
+
+
 def draw_key(
-    seed: int | None = None, generator: torch.Generator | None = None, *, per_rank: bool = True
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    *,
+    per_rank: bool = True,
+    rate: float | Tensor | None = None,
 ) -> Tensor:
     """The Philox key ``[seed & 0xFFFFFFFF, seed >> 32]`` as an int64 tensor of shape (2,).
 
     Without ``seed``, both 32-bit words are drawn from ``generator`` (default: torch's default
-    CPU generator), which is the same as drawing a uniform 64-bit seed. When
-    ``torch.distributed`` is initialized, a drawn key is made rank-dependent with
-    :func:`dropkit.rng.rank_key` unless ``per_rank=False`` (or
-    :func:`dropkit.distributed.rank_streams` turned it off); an explicit ``seed`` never is.
+    CPU generator), which is the same as drawing a uniform 64-bit seed (from a ``generator``
+    always in eager Python, see :func:`_draw_from`). With a ``rate`` (the call's drop rate: a
+    float, or a 0-dim tensor read when the call runs, also inside a compiled graph) they are
+    drawn only if ``0 < rate < 1``; otherwise nothing is drawn and the key is ``(0, 0)``
+    (``p = 0`` and ``p = 1`` need no random numbers). When ``torch.distributed`` is
+    initialized, a drawn key is made rank-dependent with :func:`dropkit.rng.rank_key` unless
+    ``per_rank=False`` (or :func:`dropkit.distributed.rank_streams` turned it off); an explicit
+    ``seed`` never is.
     """
     if seed is not None:
         return torch.tensor(rng.seed_to_key(seed), dtype=torch.int64)
-    device = generator.device if generator is not None else "cpu"
-    key = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator, device=device)
+    if isinstance(rate, Tensor) and generator is None:
+        key = _ops.draw_key_op(rate)
+    elif rate is not None and not 0.0 < (_ops.read_rate(rate) if isinstance(rate, Tensor)
+                                        else rate) < 1.0:
+        return torch.zeros(2, dtype=torch.int64)
+    elif generator is not None:
+        key = _draw_from(generator)
+    else:
+        # `generator=None` spelled out: inductor then keeps eager's randint (the same keys).
+        key = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=None, device="cpu")
     rank = _distributed.stream_rank() if per_rank else None
     if rank is None:
         return key
@@ -134,7 +178,26 @@ def draw_key(
     return torch.stack([r0, r1])
 
 
-_NO_KEY = (0, 0)  # p_eff == 1 draws nothing: every element is dropped without looking
+_NO_KEY = (0, 0)  # p == 1 draws nothing: every element is dropped without looking
+
+
+def _check_writable(input: Tensor) -> None:
+    """Raise torch's own errors for an in-place write that torch refuses: into an inference
+    tensor outside inference mode, or into a tensor whose elements share memory (expanded).
+    Compiled graphs are left to torch's functionalization."""
+    if torch.compiler.is_compiling():
+        return
+    if input.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "Inplace update to inference tensor outside InferenceMode is not allowed.You can "
+            "make a clone to get a normal tensor before doing inplace update.See "
+            "https://github.com/pytorch/rfcs/pull/17 for more details."
+        )
+    if torch._debug_has_internal_overlap(input) == 1:  # 1: yes; 2: too hard to tell (allowed)
+        raise RuntimeError(
+            "unsupported operation: more than one element of the written-to tensor refers to a "
+            "single memory location. Please clone() the tensor before performing the operation."
+        )
 
 
 def _run(input, key, t, noise_shape, scale, shift, fill, inplace, offset=None) -> Tensor:
@@ -143,13 +206,15 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace, offset=None) -
     if not isinstance(key, Tensor):
         key = torch.tensor(key, dtype=torch.int64)
     if offset is not None:
-        return _ops.masked_affine_at(input, key, t, list(noise_shape), list(offset), scale,
-                                     shift, fill)
+        return _ops.masked_affine_at_eager(input, key, t, list(noise_shape), list(offset),
+                                           scale, shift, fill)
     args = (key, t, list(noise_shape), scale, shift, fill)
     if not inplace:
         return _ops.masked_affine_eager(input, *args)
-    if torch.is_grad_enabled() and input.requires_grad:
-        # Autograd needs the out-of-place op; copying back keeps `inplace` semantics.
+    _check_writable(input)
+    if (torch.is_grad_enabled() and input.requires_grad) or _ops._transformed():
+        # Autograd (forward mode and functorch too) needs the out-of-place op; copying back
+        # keeps `inplace` semantics.
         return input.copy_(_ops.masked_affine_eager(input, *args))
     _ops.masked_affine_(input, *args)
     return input
@@ -157,8 +222,8 @@ def _run(input, key, t, noise_shape, scale, shift, fill, inplace, offset=None) -
 
 def _run_rate(input, p, noise_shape, kind, inplace, seed, generator, per_rank=True) -> Tensor:
     """The tensor-rate path: the op reads ``p`` at run time (no recompiles when it changes)."""
-    key = draw_key(seed, generator, per_rank=per_rank)
-    out = _ops.rate_op(input, key, p, list(noise_shape), kind)
+    key = draw_key(seed, generator, per_rank=per_rank, rate=p)
+    out = _ops.rate_op_eager(input, key, p, list(noise_shape), kind)
     return input.copy_(out) if inplace else out
 
 
@@ -187,13 +252,14 @@ def _dropout_impl(
             return _eval_scale(input, p, inplace)
         return _run_rate(input, p, noise_shape, kind, inplace, seed, generator,
                          per_rank=per_rank)
-    t, scale, _, _ = rng.affine_params(kind, p)
-    if t == rng.LANE_RANGE:  # p_eff == 1: exact zeros, zero gradient, no RNG drawn
-        return _run(input, _NO_KEY, t, noise_shape, 0.0, 0.0, 0.0, inplace, offset)
-    if t == 0 and scale == 1.0:  # p_eff == 0
+    if p == 0.0:
         return input
+    t, scale, _, _ = rng.affine_params(kind, p)
+    if t == rng.LANE_RANGE and (p == 1.0 or not training):  # exact zeros, no RNG drawn
+        return _run(input, _NO_KEY, t, noise_shape, 0.0, 0.0, 0.0, inplace, offset)
     if not training:  # vanilla mode at eval time
         return input.mul_(scale) if inplace else input * scale
+    # 0 < p < 1 draws a key even when p_eff rounds to 0 or 1 (the op handles both thresholds).
     key = draw_key(seed, generator, per_rank=per_rank)
     return _run(input, key, t, noise_shape, scale, 0.0, 0.0, inplace, offset)
 
@@ -269,7 +335,7 @@ def dropout(
         t, scale, _, _ = rng.affine_params("inverted" if mode == "inverted" else "unscaled", rate)
         if 0 < t < rng.LANE_RANGE:  # p = 0 and p = 1 keep nothing for backward anyway
             key = draw_key(seed, generator)
-            out, _ = _ops.masked_affine_bits(input, key, t, list(shape), scale, 0.0, 0.0)
+            out, _ = _ops.masked_affine_bits_eager(input, key, t, list(shape), scale, 0.0, 0.0)
             return input.copy_(out) if inplace else out
     return _dropout_impl(input, p, training, inplace, mode, shape, seed, generator)
 
@@ -424,7 +490,7 @@ def gaussian_dropout(
         return input
     if p == 1.0:
         return _run(input, _NO_KEY, rng.LANE_RANGE, input.shape, 0.0, 0.0, 0.0, inplace)
-    out = _ops.gaussian_mul(input, draw_key(seed, generator), math.sqrt(p / (1.0 - p)))
+    out = _ops.gaussian_mul_eager(input, draw_key(seed, generator), math.sqrt(p / (1.0 - p)))
     return input.copy_(out) if inplace else out
 
 
@@ -475,11 +541,11 @@ def alpha_dropout(
         return input
     if isinstance(p, Tensor):
         return _run_rate(input, p, shape, "alpha", inplace, seed, generator)
-    t, scale, shift, fill = rng.affine_params("alpha", p)
-    if t == 0:
+    if p == 0.0:
         return input
-    if t == rng.LANE_RANGE:
-        return _run(input, _NO_KEY, t, shape, 0.0, 0.0, 0.0, inplace)
+    if p == 1.0:
+        return _run(input, _NO_KEY, rng.LANE_RANGE, shape, 0.0, 0.0, 0.0, inplace)
+    t, scale, shift, fill = rng.affine_params("alpha", p)
     return _run(input, draw_key(seed, generator), t, shape, scale, shift, fill, inplace)
 
 
@@ -607,7 +673,7 @@ def gaussian_noise(
     stddev = v.check_stddev(fn, stddev)
     if not training or stddev == 0.0 or input.numel() == 0:
         return input
-    return _ops.gaussian_add(input, draw_key(seed, generator), stddev)
+    return _ops.gaussian_add_eager(input, draw_key(seed, generator), stddev)
 
 
 __all__ += ["gaussian_noise"]

@@ -91,10 +91,10 @@ def _masked_affine(x, keep, scale, shift=0.0, fill=0.0) -> np.ndarray:
 
 
 def _dropout_impl(x, p, training, mode, noise_shape, seed, rng) -> np.ndarray:
-    t = _rng.threshold(p)
-    if t == 0 or x.size == 0 or (not training and mode == "inverted"):
+    if p == 0.0 or x.size == 0 or (not training and mode == "inverted"):
         return x
-    if t == _rng.LANE_RANGE:
+    t = _rng.threshold(p)
+    if t == _rng.LANE_RANGE and (p == 1.0 or not training):  # no seed drawn
         return np.zeros_like(x)
     if not training:
         return np.asarray(x.astype(_compute_dtype(x)) * (1.0 - _rng.effective_p(t))).astype(x.dtype)
@@ -320,10 +320,9 @@ def alpha_dropout(
     fn = "alpha_dropout"
     x, p = _check(fn, x, p, training, seed, rng)
     shape = v.resolve_noise_shape(fn, x.shape, noise_shape)
-    t = _rng.threshold(p)
-    if not training or t == 0 or x.size == 0:
+    if not training or p == 0.0 or x.size == 0:
         return x
-    if t == _rng.LANE_RANGE:
+    if p == 1.0:
         return np.zeros_like(x)
     _, scale, shift, fill = _rng.affine_params("alpha", p)
     keep = _rng.keep_field(shape, p, _seed(seed, rng))

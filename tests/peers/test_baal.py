@@ -69,10 +69,6 @@ def test_patch_module_replaces_all_dropout_layers(inplace, a_model_with_dropout)
     assert any(isinstance(m, dropkit.nn.Dropout) for m in mc_test_module.modules())
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG? (for the coordinator): dropkit.convert.convert on a model "
-                   "without dropout layers is silent (an empty ConversionReport), where baal's "
-                   "patch_module warns 'No layer was modified by patch_module'")
 @pytest.mark.parametrize("inplace", (True, False))
 def test_patch_module_raise_warnings(inplace):
     test_module = torch.nn.Sequential(
@@ -95,10 +91,6 @@ def test_module_class_replaces_dropout_layers(a_model_with_dropout):
     assert is_deterministic(a_model_with_dropout.eval(), (8, 10))
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG (routed to the 'mc_dropout under eval()' work): model.eval() "
-                   "inside `with mc_dropout(model)` switches the dropout layers off again, so "
-                   "the model is deterministic inside the block")
 def test_context_manager(a_model_with_dropout):
     convert(a_model_with_dropout)
     with mc_dropout(a_model_with_dropout) as model:

@@ -29,7 +29,6 @@ import dropkit.functional as DF
 from dropkit import nn as dnn
 
 FEATURE_ALPHA = {4: (None, None, 1, 1), 5: (None, None, 1, 1, 1)}
-STRIDES_DOC = "dropkit.functional module docstring: 'Out-of-place results are contiguous.'"
 STRICT_RANK_DOC = ("dropkit.functional.spatial_dropout*d docstring: 'Any other rank is a "
                    "ValueError' (no warning-and-guess as torch's Dropout2d/3d)")
 
@@ -124,9 +123,6 @@ def _test_dropout(cls, input, memory_format=torch.contiguous_format):
 
 
 CLOSE_TO_ZERO_P = 1e-10  # Should be almost zero but not zero, as for p=0 different path is taken
-QUANTISED = ("documented: p is realised as p_eff = round(p * 65536) / 65536 and p_eff == 0 returns "
-             "the input itself (dropkit.functional module docstring; docs/rng.md): p = 1e-10 "
-             "takes the p = 0 path, so the output keeps the input's strides")
 
 
 def _test_dropout_discontiguous(cls, memory_format=torch.contiguous_format, ps=(0,)):
@@ -170,7 +166,6 @@ def test_Dropout_stride_mean_preserve_values():
             assert not torch.equal(permuted_inp, out)
 
 
-@pytest.mark.xfail(strict=True, reason=f"documented: {STRIDES_DOC}")
 def test_Dropout_stride_mean_preserve_layout():
     """_test_dropout_stride_mean_preserve: ``out.permute(perm).is_contiguous()``."""
     for _, perm, p, permuted_inp in _stride_mean_preserve_cases():
@@ -190,7 +185,6 @@ def test_Dropout_discontiguous_p0(cls, memory_format):
     _test_dropout_discontiguous(cls, memory_format=memory_format, ps=(0,))
 
 
-@pytest.mark.xfail(strict=True, reason=QUANTISED)
 @pytest.mark.parametrize("cls", [dnn.Dropout, dnn.SpatialDropout2d, dnn.SpatialDropout3d])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_Dropout_discontiguous_close_to_zero_p(cls, memory_format):

@@ -270,8 +270,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 success, 1 failure (a missing optional dependency, an unwritable output, an audit row out
     of tolerance), 2 bad arguments (argparse's own errors raise ``SystemExit(2)``), 130
-    interrupted.
+    interrupted. An output folder the command created and left empty (interrupted or failed
+    before writing) is removed.
     """
+    from . import _args
+
+    code = EXIT_FAILURE
+    try:
+        code = _main(argv)
+        return code
+    finally:
+        _args.forget_created_folders(remove_empty=code != EXIT_OK)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     name = "dropkit"
     try:
         args = _parser().parse_args(argv)

@@ -13,11 +13,19 @@ Each parser raises ``ValueError`` with a one-line message (the CLI turns it into
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 from pathlib import Path
 
 MAX_SEED = 2**64 - 1
 SEED_INTERVAL = "[0, 2**64)"
+
+
+def install_hint(extra: str) -> str:
+    """How to install the optional dependencies of ``extra`` (a key of pyproject.toml's
+    ``[project.optional-dependencies]``), as a command that works as printed: dropkit is
+    installed from its repository clone, not from a package index."""
+    return f'pip install -e ".[{extra}]" (run in the dropkit repository clone)'
 
 
 def add_out(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
@@ -115,25 +123,51 @@ def parse_out(value: object) -> Path:
     return Path(value)
 
 
+#: Folders that :func:`make_folder` created in this process, outermost first (for
+#: :func:`forget_created_folders`).
+_CREATED: list[Path] = []
+
+
 def make_folder(folder: Path) -> Path:
-    """Create ``folder`` (and its parents) unless it exists; a one-line ``OSError`` otherwise."""
+    """Create ``folder`` (and its parents) unless it exists; a one-line ``OSError`` otherwise.
+
+    The folders it creates are remembered, so that :func:`forget_created_folders` can take them
+    away again when the command stops before writing anything (Ctrl-C, an error).
+    """
     if folder.exists() and not folder.is_dir():
         raise OSError(f"cannot write to {str(folder)!r}: it exists and is not a folder.")
+    missing = [folder, *folder.parents]
+    missing = [path for path in missing if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        reason = err.strerror or str(err)
-        raise OSError(f"cannot create the output folder {str(folder)!r}: {reason}.") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OSError(f"cannot write to {str(folder)!r}: permission denied.")
-    return folder
+        raise OSError(f"cannot create the output folder {str(folder)!r}: "
+                      f"{_reason(err, folder)}") from None
+    _CREATED.extend(reversed(missing))
+    if os.access(folder, os.W_OK | os.X_OK) and not _read_only(folder):
+        return folder
+    raise OSError(f"cannot write to {str(folder)!r}: {_unwritable(folder)}")
+
+
+def forget_created_folders(remove_empty: bool) -> None:
+    """Forget the folders :func:`make_folder` created; with ``remove_empty``, first remove those
+    that are still empty (innermost first), leaving any folder that holds something."""
+    while _CREATED:
+        path = _CREATED.pop()
+        if remove_empty:
+            try:
+                path.rmdir()  # only succeeds on an empty folder
+            except OSError:
+                pass
 
 
 def check_writable_file(path: Path) -> Path:
     """Fail early (one-line ``OSError``) when the file ``path`` could not be written later.
 
-    The file itself is not created: its folder must exist and be writable, and ``path`` must
-    not be a folder.
+    The folder must exist and be writable and ``path`` must not be a folder; then the file is
+    opened for appending (an existing file is left as it is) or created and removed again, so
+    that places where no file can be created (``/proc``, a read-only mount) fail now, not after
+    the work.
     """
     parent = path.parent
     if path.is_dir():
@@ -141,6 +175,38 @@ def check_writable_file(path: Path) -> Path:
     if not parent.is_dir():
         why = "is not a folder" if parent.exists() else "does not exist"
         raise OSError(f"cannot write {str(path)!r}: {str(parent)!r} {why}.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OSError(f"cannot write {str(path)!r}: permission denied.")
+    if not os.access(parent, os.W_OK | os.X_OK) or _read_only(parent):
+        raise OSError(f"cannot write {str(path)!r}: {_unwritable(parent)}")
+    existed = path.exists()
+    try:
+        with path.open("a" if existed else "x"):
+            pass
+    except OSError as err:
+        raise OSError(f"cannot write {str(path)!r}: {_reason(err, parent)}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
     return path
+
+
+def _read_only(folder: Path) -> bool:
+    """``folder`` is on a file system mounted read-only (where even root cannot write)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): os.access decided
+        return False
+
+
+def _unwritable(folder: Path) -> str:
+    """Why nothing can be written in ``folder``, and what to do, as the end of a sentence."""
+    if _read_only(folder):
+        return "it is on a read-only file system; choose a writable folder."
+    return "permission denied."
+
+
+def _reason(err: OSError, folder: Path) -> str:
+    """An ``OSError`` from creating something in ``folder`` as the end of a sentence."""
+    if err.errno == errno.EROFS or _read_only(folder):
+        return "it is on a read-only file system; choose a writable folder."
+    if err.errno == errno.ENOENT and folder.is_dir():  # /proc, /sys: no new files there
+        return f"no file can be created in {str(folder)!r}; choose a writable folder."
+    return f"{err.strerror or err}."

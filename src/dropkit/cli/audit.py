@@ -68,6 +68,7 @@ from ._args import (
     add_out,
     add_quick,
     add_seed,
+    install_hint,
     make_folder,
     parse_int,
     parse_out,
@@ -94,7 +95,7 @@ FILES = ("audit.csv", "audit.json", "audit.png")
 VARIANTS = (
     "dropout", "spatial_dropout2d", "drop_path", "drop_block1d", "drop_block2d", "drop_block3d",
 )
-_INSTALL_HINT = 'pip install "dropkit[gallery]"'
+_INSTALL_HINT = install_hint("gallery")
 
 
 # ----------------------------------------------------------------------------- the grid

@@ -5,23 +5,24 @@ digits with a residual 2-D CNN; every method of the matrix in :mod:`dropkit.expe
 several seeds. Prints a table (test accuracy mean ± std, train-test gap, seconds per epoch, the
 MC-dropout entropies) and writes ``runs.csv``, ``results.json`` and PNG plots to ``--out``.
 
-The optional packages are imported only inside :func:`run` (``pip install
-"dropkit[experiment]"``).
+The optional packages are imported only inside :func:`run` (``pip install -e ".[experiment]"``
+in the dropkit repository clone).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+import time
+from typing import Any, TextIO
 
-from ._args import add_device, add_out, add_quick, make_folder, parse_int, parse_out
+from ._args import add_device, add_out, add_quick, install_hint, make_folder, parse_int, parse_out
 
 __all__ = ["add_parser", "run"]
 
 DEFAULT_OUT = "experiment"
 MAX_SEEDS = 100
-_INSTALL_HINT = 'pip install "dropkit[experiment]"'
+_INSTALL_HINT = install_hint("experiment")
 _NEEDED = ("mnist1d", "sklearn", "tqdm", "matplotlib")
 
 
@@ -65,7 +66,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "(default: all)")
     add_device(parser, what="device the models train on (cpu or cuda)")
     add_quick(parser, "one seed and a few epochs, under a minute")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print no progress (without it: a bar on a terminal, else one "
+                        "line per finished run on stderr)")
     parser.set_defaults(func=run)
     return parser
 
@@ -99,25 +102,70 @@ def run(args: argparse.Namespace) -> int:
                   **({} if epochs is None else {"epochs": dict.fromkeys(models, epochs)}))
     make_folder(folder)
 
-    from tqdm import tqdm
 
     from dropkit.experiment import run_experiment
     from dropkit.experiment.report import table, write_files
 
     total = config.seeds * sum(m in methods for ms in MATRIX.values() for m in ms)
-    with tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True,
-              disable=args.quiet or not sys.stderr.isatty()) as bar:
-        def step(label: str) -> None:
-            bar.set_postfix_str(label, refresh=False)
-            bar.update()
-
+    start = time.perf_counter()
+    with _Progress(total, quiet=args.quiet) as step:
         result = run_experiment(config, progress=step)
+    seconds = time.perf_counter() - start
     print(table(result))
     for path in write_files(result, folder):
         print(path)
-    print(f"dropkit experiment: {len(result['runs'])} runs on {result['device']} "
-          f"({result['torch_threads']} torch threads), files in {folder}")
+    threads = result["torch_threads"]
+    print(f"dropkit experiment: {plural(len(result['runs']), 'run')} in {seconds:.0f} s on "
+          f"{result['device']} ({plural(threads, 'torch thread')}), files in {folder}")
     return 0
+
+
+class _Progress:
+    """What the user sees while the runs train, as a ``progress`` callback of
+    :func:`~dropkit.experiment.run_experiment`.
+
+    On a terminal (stderr is a TTY): a tqdm bar, removed when the runs are done (``leave=False``:
+    the table follows, and no second copy of the bar's last line is left above it). Off a
+    terminal (stderr redirected to a file or a pipe): one line per finished run, ``[i/total]
+    what: test acc X%, S s``, flushed at once. ``quiet``: nothing.
+    """
+
+    def __init__(self, total: int, *, quiet: bool = False,
+                 stream: TextIO | None = None) -> None:
+        self.total, self.done = total, 0
+        self.stream = sys.stderr if stream is None else stream
+        self.quiet = quiet
+        self.bar: Any = None
+        self.last = time.perf_counter()
+
+    def __enter__(self) -> _Progress:
+        if not self.quiet and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="run", file=self.stream,
+                            dynamic_ncols=True, leave=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, label: str, run: dict[str, Any]) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        if self.bar is not None:
+            self.bar.set_postfix_str(label, refresh=False)
+            self.bar.update()
+        elif not self.quiet:
+            width = len(str(self.total))
+            print(f"[{self.done:>{width}}/{self.total}] {label}: test acc "
+                  f"{100 * run['test_acc']:.2f}%, {seconds:.1f} s", file=self.stream, flush=True)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _missing() -> list[str]:

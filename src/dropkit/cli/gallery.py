@@ -17,8 +17,11 @@ pictures are reproducible (and masks with the same noise-shape size share their 
 mask is a pure function of seed and noise shape). Marked cells come from the keep mask, which is
 the same call applied to a tensor of ones (``!= 0``), never from guessing at zeros in the output.
 
-matplotlib is imported only inside :func:`run` (``pip install "dropkit[gallery]"``), with the
-non-interactive Agg canvas and without pyplot, so ``import dropkit`` never imports it.
+* ``structured.png``: DropBlock keep masks (per channel and shared, two block sizes) and DropPath.
+
+matplotlib is imported only inside :func:`run` (``pip install -e ".[gallery]"`` in the dropkit
+repository clone), with the non-interactive Agg canvas and without pyplot, so ``import dropkit``
+never imports it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ._args import (
     add_out,
     add_p,
     add_seed,
+    install_hint,
     make_folder,
     parse_int,
     parse_out,
@@ -49,7 +53,7 @@ DEFAULT_DPI = 100
 MIN_DPI, MAX_DPI = 20, 600
 MAX_SEED = 2**64 - 1
 
-_INSTALL_HINT = 'pip install "dropkit[gallery]"'
+_INSTALL_HINT = install_hint("gallery")
 _DROPPED_FACE = "#d9d9d9"
 _DROPPED_EDGE = "#7f7f7f"
 _KEPT_MASK = "#2c7fb8"
@@ -65,10 +69,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "gallery",
         help="PNG pictures of what each dropout variant drops",
         description=(
-            "Write PNG pictures of what each variant drops: the seeds' 1x7x5 tensor through "
-            "every variant (seeds_1x7x5.png), an image-like tensor under dropout vs spatial "
-            "dropout (image_like.png), keep masks side by side (masks.png) and a volume under "
-            'spatial_dropout3d (volume.png). Needs matplotlib: pip install "dropkit[gallery]".'
+            f"Write {len(PICTURES)} PNG pictures of what each variant drops: "
+            + "; ".join(f"{what} ({name})" for name, _, what in PICTURES)
+            + f". Needs matplotlib: {_INSTALL_HINT}."
         ),
         epilog=(
             "Example: dropkit gallery --out pictures --p 0.3 --seed 1. Exit status: 0 when the "
@@ -115,14 +118,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     make_folder(folder)
-    pictures: list[tuple[str, Callable[[float, int], Any]]] = [
-        ("seeds_1x7x5.png", _seeds_figure),
-        ("image_like.png", _image_figure),
-        ("masks.png", _masks_figure),
-        ("volume.png", _volume_figure),
-        ("structured.png", _structured_figure),
-    ]
-    for name, draw in pictures:
+    for name, draw, _ in PICTURES:
         fig = draw(p, seed)
         FigureCanvasAgg(fig)
         path = folder / name
@@ -133,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             raise OSError(f"cannot write {str(path)!r}: {reason}.") from None
         print(path)
     print(
-        f"dropkit gallery: wrote {len(pictures)} pictures to {folder} "
+        f"dropkit gallery: wrote {len(PICTURES)} pictures to {folder} "
         f"(p={p!r}, seed={seed}, dpi={dpi})"
     )
     return 0
@@ -608,3 +604,14 @@ def _volume_figure(p: float, seed: int) -> Any:
         fontsize=12,
     )
     return fig
+
+
+#: The pictures ``run`` writes, in order: (file name, drawing function, what it shows).
+PICTURES: tuple[tuple[str, Callable[[float, int], Any], str], ...] = (
+    ("seeds_1x7x5.png", _seeds_figure, "the seeds' 1x7x5 tensor through every variant"),
+    ("image_like.png", _image_figure, "an image-like tensor under dropout vs spatial dropout"),
+    ("masks.png", _masks_figure, "keep masks side by side"),
+    ("volume.png", _volume_figure, "a volume under spatial_dropout3d"),
+    ("structured.png", _structured_figure,
+     "DropBlock (per channel and shared, two block sizes) and DropPath keep masks"),
+)

@@ -41,8 +41,8 @@ The MC-dropout section (:func:`dropkit.mc.mc_predict`) takes the digits CNN trai
 the predictive entropy of correctly and wrongly classified test images and of uniform noise
 images.
 
-The optional packages (``mnist1d``, ``scikit-learn``, ``tqdm``, ``matplotlib``; ``pip install
-"dropkit[experiment]"``) are imported only when an experiment runs.
+The optional packages (``mnist1d``, ``scikit-learn``, ``tqdm``, ``matplotlib``; ``pip install -e
+".[experiment]"`` in the dropkit repository clone) are imported only when an experiment runs.
 """
 
 from __future__ import annotations
@@ -117,11 +117,13 @@ class ExperimentConfig:
 
 
 def run_experiment(
-    config: ExperimentConfig, progress: Callable[[str], None] | None = None
+    config: ExperimentConfig,
+    progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run every (dataset, model, method, seed) of ``config``; returns a JSON-ready dict.
 
-    ``progress`` is called with a label after each run (the CLI drives a tqdm bar with it).
+    ``progress`` is called after each run with a label (``"mnist1d/cnn1d/dropout/seed 0"``) and
+    that run's dict (the CLI drives a tqdm bar, or prints one line per run, with them).
     The result holds ``config``, ``runs`` (one dict per run: dataset, model, method, seed, p,
     epochs, train_acc, test_acc, gap, sec_per_epoch, curve), ``summary`` (mean and std over
     seeds) and ``mc`` (the MC-dropout section, ``None`` if no digits method with masks ran).
@@ -141,7 +143,7 @@ def run_experiment(
 
 
 def _run(config: ExperimentConfig, device: Any,
-         progress: Callable[[str], None] | None) -> dict[str, Any]:
+         progress: Callable[[str, dict[str, Any]], None] | None) -> dict[str, Any]:
     import torch
 
     from .data import load_digits, load_mnist1d
@@ -172,7 +174,7 @@ def _run(config: ExperimentConfig, device: Any,
             if ds == "digits" and seed == 0 and _mc_rank(method) < _mc_rank(kept_for_mc):
                 kept_for_mc, mc_model = method, model
             if progress is not None:
-                progress(f"{ds}/{model_name}/{method}/seed {seed}")
+                progress(f"{ds}/{model_name}/{method}/seed {seed}", runs[-1])
     mc = None
     if kept_for_mc is not None:
         data = datasets["digits"]

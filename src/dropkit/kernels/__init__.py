@@ -12,7 +12,10 @@ signatures and the same bits; a backend may also offer ``gaussian(x, key, std)``
 dropout, ``None`` where it does not apply), which ``dropkit::gaussian_mul`` uses when present.
 The choice is ``"auto"`` by default; ``DROPKIT_BACKEND`` in the environment or
 :func:`set_backend` can force ``"numba"``, ``"torch"`` or ``"triton"``. Backends are imported on
-first use, so ``import dropkit`` stays light (it never imports triton).
+first use, so ``import dropkit`` stays light (it never imports triton). Under ``"auto"``, a
+backend that cannot load (package missing or broken, numba's JIT disabled) gives way to the
+pure-PyTorch path, with a warning when the package is broken rather than missing; forced, the
+error is raised.
 """
 
 from __future__ import annotations
@@ -56,13 +59,27 @@ def get_backend() -> str:
     return _backend
 
 
-def _load(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ImportError:
-        if _backend == name:
-            raise
-        return None
+_load_errors: dict[str, Exception] = {}  # backend -> why one of its modules cannot be imported
+
+
+def _load(name: str, backend: str) -> ModuleType | None:
+    """Backend module ``name`` of ``backend`` ("numba" or "triton"), or ``None`` where it cannot
+    load (its package is missing or broken, or numba's JIT is disabled) and the setting is not
+    ``backend`` (then the error is raised): the caller then uses the pure-PyTorch path, which
+    has the same bits. A failure is remembered, and warned about once unless an ImportError."""
+    err = _load_errors.get(backend)
+    if err is None:
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except Exception as new:
+            err = _load_errors[backend] = new
+            if _backend != backend and not isinstance(err, ImportError):  # e.g. OSError: a
+                warnings.warn(  # broken llvmlite library; torch still works, same bits
+                    f"dropkit: the {backend} kernels cannot load ({type(err).__name__}: {err}); "
+                    "using the pure-PyTorch backend.", stacklevel=3)
+    if _backend == backend:
+        raise err
+    return None
 
 
 _triton_ok: dict[int, bool] = {}  # CUDA device index -> the self-check passed
@@ -73,7 +90,7 @@ def _triton_checked(device: torch.device) -> bool:
     a Triton keep field equals the pure-PyTorch one bit for bit (else: warn, use torch)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _triton_ok:
-        module = _load("triton_cuda")
+        module = _load("triton_cuda", "triton")
         ok = module is not None
         if ok:
             torch_ref = importlib.import_module(f"{__name__}.torch_ref")
@@ -113,7 +130,7 @@ def _choose(device: torch.device) -> ModuleType:
     if uses_triton(device):
         return importlib.import_module(f"{__name__}.triton_cuda")
     if device.type == "cpu" and _backend != "torch":
-        module = _load("numba_cpu")
+        module = _load("numba_cpu", "numba")
         if module is not None:
             return module
     return importlib.import_module(f"{__name__}.torch_ref")

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 
 from .. import _drop_block_numpy as spec
-from .numba_cpu import _fill_tile, _sync_threads
+from .numba_cpu import _fill_tile, _launch, _njit, _parallel
 
 __all__ = ["apply", "keep_mask"]
 
 _ITEM = 1 << 16  # mask units per parallel work item (at least one plane)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _seeds(buf, words, first, count, k0, k1, t):
     """buf[j] = 1 iff field element ``first + j`` is a seed (its word < t), j < count.
     ``words`` holds at least ``4 * (count // 4 + 2)`` uint32."""
@@ -43,7 +43,7 @@ def _seeds(buf, words, first, count, k0, k1, t):
         buf[j] = np.uint8(np.int64(ws[j]) < t)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _dilate_rows(src, dst, rows, n_starts, b):
     """Dilate the last axis: ``src`` (rows, n_starts) into ``dst`` (rows, n_starts + b - 1);
     unit u is covered iff the last seed at or before ``min(u, n_starts - 1)`` is ``> u - b``."""
@@ -59,7 +59,7 @@ def _dilate_rows(src, dst, rows, n_starts, b):
             dst[d0 + u] = np.uint8(last > u - b)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _dilate_mid(src, dst, outer, n_starts, inner, b, last):
     """Dilate the middle axis of ``src`` (outer, n_starts, inner) into ``dst``
     (outer, n_starts + b - 1, inner); the innermost loop runs over ``inner`` (vectorized)."""
@@ -81,7 +81,7 @@ def _dilate_mid(src, dst, outer, n_starts, inner, b, last):
                     d[k] = np.uint8(last[k] > lim)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _plane(keep, plane, bufs, last, words, lengths, blocks, k0, k1, t):
     """Keep mask of one plane into ``keep`` (a flat slice); returns its count of kept units.
     ``bufs`` is a (3, plane size) uint8 scratch array."""
@@ -111,7 +111,7 @@ def _plane(keep, plane, bufs, last, words, lengths, blocks, k0, k1, t):
     return kept
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _plane_range(keep, counts, start, stop, lengths, blocks, k0, k1, t):
     size = lengths[0] * lengths[1] * lengths[2]
     bufs = np.empty((3, size), dtype=np.uint8)
@@ -124,7 +124,7 @@ def _plane_range(keep, counts, start, stop, lengths, blocks, k0, k1, t):
         counts[plane] = _plane(view, plane, bufs, last, words, lengths, blocks, k0, k1, t)
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _keep_planes(keep, counts, planes_per_item, lengths, blocks, k0, k1, t):
     n_planes = counts.size
     for item in nb.prange((n_planes + planes_per_item - 1) // planes_per_item):
@@ -133,19 +133,19 @@ def _keep_planes(keep, counts, planes_per_item, lengths, blocks, k0, k1, t):
                      blocks, k0, k1, t)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _select(xs, os_, keep, scale):
     for j in range(xs.size):
         os_[j] = xs[j] * scale if keep[j] else 0
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _copy_select(xs, os_, keep):
     for j in range(xs.size):
         os_[j] = xs[j] if keep[j] else 0
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _first_range(x, out, keep, channels, shared, size, start, stop, scale, scaled):
     for row in range(start, stop):
         plane = row // channels if shared else row
@@ -158,7 +158,7 @@ def _first_range(x, out, keep, channels, shared, size, start, stop, scale, scale
             _copy_select(xs, os_, ks)
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _apply_first(x, out, keep, channels, shared, size, per_item, scale, scaled):
     """Channels-first data (rows of ``size`` units, ``channels`` rows per sample)."""
     rows = x.size // size
@@ -168,7 +168,7 @@ def _apply_first(x, out, keep, channels, shared, size, per_item, scale, scaled):
                      scale, scaled)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _last_range(x, out, keep, channels, shared, size, start, stop, scale, scaled):
     for pos in range(start, stop):  # pos = n * size + spatial index
         n = pos // size
@@ -182,7 +182,7 @@ def _last_range(x, out, keep, channels, shared, size, start, stop, scale, scaled
                 out[j] = 0
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _apply_last(x, out, keep, channels, shared, size, per_item, scale, scaled):
     """Channels-last data (``channels`` contiguous units per spatial position)."""
     positions = x.size // channels
@@ -201,17 +201,16 @@ def keep_mask(
 ) -> tuple[np.ndarray, int]:
     """The block keep mask of ``n_planes`` planes (uint8, ``(n_planes, prod(spatial))``) and
     its count of ones, for calibrated parameters ``cal`` (``0 < threshold < 2**32``)."""
-    _sync_threads()
     size = math.prod(spatial)
     keep = np.empty(n_planes * size, dtype=np.uint8)
     counts = np.empty(n_planes, dtype=np.int64)
     per_item = max(1, _ITEM // max(size, 1))
     args = (_padded(spatial, 1), _padded(cal.block, 1), np.uint32(key[0]), np.uint32(key[1]),
             np.int64(cal.threshold))
-    if n_planes <= per_item:  # one work item: no parallel launch (small inputs)
+    if _parallel(n_planes, per_item):
+        _launch(_keep_planes, keep, counts, per_item, *args)
+    else:  # one work item (small inputs), or no parallel launch in this process
         _plane_range(keep, counts, 0, n_planes, *args)
-    else:
-        _keep_planes(keep, counts, per_item, *args)
     return keep.reshape(n_planes, size), int(counts.sum())
 
 
@@ -240,7 +239,6 @@ def apply(x, key, cal, n, c, spatial, per_channel, scale, channels_last) -> torc
     compute = np.float64 if x.dtype == torch.float64 else np.float32
     scale_arg = compute(0.0 if factor is None else factor)
     size = math.prod(spatial)
-    _sync_threads()
     args = (keep.reshape(-1), c, not per_channel, size)
     scaling = (scale_arg, factor is not None)
     if channels_last:
@@ -249,8 +247,8 @@ def apply(x, key, cal, n, c, spatial, per_channel, scale, channels_last) -> torc
         units, serial, parallel, per_item = x.numel() // size, _first_range, _apply_first, (
             _ITEM // size)
     per_item = max(1, per_item)
-    if units <= per_item:  # one work item: no parallel launch (small inputs)
+    if _parallel(units, per_item):
+        _launch(parallel, xs, os_, *args, per_item, *scaling)
+    else:  # one work item (small inputs), or no parallel launch in this process
         serial(xs, os_, *args, 0, units, *scaling)
-    else:
-        parallel(xs, os_, *args, per_item, *scaling)
     return out

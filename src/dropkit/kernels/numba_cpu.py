@@ -13,11 +13,18 @@ share that arithmetic.
 Gaussian noise (stream 1) is the spec's Box-Muller (:func:`dropkit.rng.box_muller`) transcribed
 to scalar float64 code with the same bits; :func:`gaussian` generates it and multiplies float32
 and float64 inputs in one pass.
+
+Since no bit depends on how the work is split, the serial kernels stand in wherever a parallel
+launch cannot run: in a forked child under a threading layer that is not fork-safe, and small
+inputs always. Launches are serialized under numba's ``workqueue`` layer (not thread-safe), and
+the kernels compile uncached where numba cannot cache (docs/guides/processes.md). The module
+does not import under ``NUMBA_DISABLE_JIT`` (the dispatcher then uses ``torch_ref``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import llvmlite.binding as llvm_binding
@@ -31,7 +38,24 @@ from numba.extending import intrinsic
 from .. import rng
 from . import torch_ref
 
+if nb.config.DISABLE_JIT:  # interpreted, the intrinsics below cannot run (and loops would crawl)
+    raise ImportError("dropkit's numba kernels need numba's JIT (NUMBA_DISABLE_JIT is set)")
+
 __all__ = ["apply", "box_muller_words", "gaussian", "keep_field", "keep_runs", "normal_field"]
+
+
+def _njit(**options):
+    """``numba.njit(**options)``, without ``cache`` where numba has nowhere to cache (a read-only
+    install without a writable user cache directory: numba raises ``RuntimeError: cannot cache
+    function ...: no locator available``); the kernels are then compiled in each process."""
+
+    def decorate(fn):
+        try:
+            return nb.njit(**options)(fn)
+        except RuntimeError:
+            return nb.njit(**{**options, "cache": False})(fn)
+
+    return decorate
 
 _M0 = np.uint64(rng.PHILOX_M0)
 _M1 = np.uint64(rng.PHILOX_M1)
@@ -43,7 +67,7 @@ _TILE = 1024  # Philox blocks generated per buffer fill (8192 decisions)
 _ITEM = 16 * _TILE  # blocks per parallel work item: fixed, never "one per thread"
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _philox(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 on uint32 scalars; written branch-free so LLVM vectorizes the tile loop."""
     for r in range(_ROUNDS):
@@ -61,7 +85,7 @@ def _philox(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _fill_tile(words, first_block, n_blocks, stream, k0, k1):
     """Philox words of blocks ``first_block ...`` into ``words`` (uint32, 4 per block)."""
     zero = np.uint32(0)
@@ -84,31 +108,31 @@ def _fill_tile(words, first_block, n_blocks, stream, k0, k1):
 # and rounded back to nearest even, as torch's 16-bit arithmetic does (NaN payloads unspecified).
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _select(xs, os_, keep, tt, scale, fill):
     for j in range(xs.size):
         os_[j] = xs[j] * scale if keep[j] >= tt else fill
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _select_shift(xs, os_, keep, tt, scale, shift, fill):
     for j in range(xs.size):
         os_[j] = (xs[j] * scale + shift) if keep[j] >= tt else fill
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _scale(xs, os_, scale):
     for j in range(xs.size):
         os_[j] = xs[j] * scale
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _scale_shift(xs, os_, scale, shift):
     for j in range(xs.size):
         os_[j] = xs[j] * scale + shift
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _apply_lanes(xs, os_, lanes, tt, scale, shift, fill):
     if shift != 0:
         _select_shift(xs, os_, lanes, tt, scale, shift, fill)
@@ -116,7 +140,7 @@ def _apply_lanes(xs, os_, lanes, tt, scale, shift, fill):
         _select(xs, os_, lanes, tt, scale, fill)
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _apply_row(xs, os_, keep, shared, scale, shift, fill):
     """One row: ``keep`` is the row's field slice (one element when ``shared``)."""
     if shared and not keep[0]:
@@ -163,7 +187,7 @@ def _f16_bits_from_f32(typingctx, value):
     return types.uint16(types.float32), codegen
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _half_mul(h, scale, f16):
     """16-bit float bits ``h`` (float16 if ``f16`` else bfloat16) times a float32 ``scale``,
     rounded to nearest even, as bits. float16 uses LLVM's half conversions (F16C)."""
@@ -174,19 +198,19 @@ def _half_mul(h, scale, f16):
     return np.uint16(0x7FC0) if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _select_half(xs, os_, keep, tt, scale, fill, f16):
     for j in range(xs.size):
         os_[j] = _half_mul(xs[j], scale, f16) if keep[j] >= tt else fill
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _scale_half(xs, os_, scale, f16):
     for j in range(xs.size):
         os_[j] = _half_mul(xs[j], scale, f16)
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _apply_row_half(xs, os_, keep, shared, scale, fill, f16):
     if shared and not keep[0]:
         os_[:] = fill
@@ -196,7 +220,7 @@ def _apply_row_half(xs, os_, keep, shared, scale, fill, f16):
         _select_half(xs, os_, keep, np.uint8(1), scale, fill, f16)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _fused_range(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplace):
     n = x.size
     words = np.empty(_TILE * 4, dtype=np.uint32)
@@ -210,7 +234,7 @@ def _fused_range(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplac
         _apply_lanes(xs, out[i0:i0 + m], lanes[:m], tt, scale, shift, fill)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _fused_range_half(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, inplace, f16):
     """:func:`_fused_range` on 16-bit float bits (``shift`` must be 0; ``fill`` is bits)."""
     n = x.size
@@ -225,7 +249,7 @@ def _fused_range_half(x, out, b_start, b_stop, k0, k1, tt, scale, shift, fill, i
         _select_half(xs, out[i0:i0 + m], lanes[:m], tt, scale, fill, f16)
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _fused(x, out, k0, k1, tt, scale, shift, fill, inplace):
     """out[i] = (x[i] * scale [+ shift]) if u_i >= t else fill; flat contiguous float32/64."""
     n_blocks = (x.size + 7) // 8
@@ -235,7 +259,7 @@ def _fused(x, out, k0, k1, tt, scale, shift, fill, inplace):
         _fused_range(x, out, start, stop, k0, k1, tt, scale, shift, fill, inplace)
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _fused_half(x, out, k0, k1, tt, scale, shift, fill, inplace, f16):
     """:func:`_fused` for float16/bfloat16 data held as uint16."""
     n_blocks = (x.size + 7) // 8
@@ -245,7 +269,7 @@ def _fused_half(x, out, k0, k1, tt, scale, shift, fill, inplace, f16):
         _fused_range_half(x, out, start, stop, k0, k1, tt, scale, shift, fill, inplace, f16)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _keep_range(out, b_start, b_stop, k0, k1, tt):
     n = out.size
     words = np.empty(_TILE * 4, dtype=np.uint32)
@@ -260,7 +284,7 @@ def _keep_range(out, b_start, b_stop, k0, k1, tt):
             os_[j] = lanes[j] >= tt
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _keep(out, k0, k1, tt):
     """out[i] = u_i >= t, for a flat field (uint8)."""
     n_blocks = (out.size + 7) // 8
@@ -269,7 +293,7 @@ def _keep(out, k0, k1, tt):
         _keep_range(out, start, min(start + _ITEM, n_blocks), k0, k1, tt)
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _row_base(row, sizes, field_strides):
     """Field offset of the first element of ``row`` (all axes but the last)."""
     base = 0
@@ -280,7 +304,7 @@ def _row_base(row, sizes, field_strides):
     return base
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _run_end(row, r_stop, keep, base, sizes, field_strides, merge):
     """End of the run of rows from ``row`` that share one decision (when ``merge``), so that
     spatial dropout scales or fills many rows per inner loop; otherwise ``row + 1``."""
@@ -291,7 +315,7 @@ def _run_end(row, r_stop, keep, base, sizes, field_strides, merge):
     return stop
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _broadcast_range(x, out, keep, sizes, field_strides, r_start, r_stop, scale, shift, fill,
                      inplace):
     """Rows ``r_start ... r_stop - 1`` of :func:`_broadcast`."""
@@ -313,7 +337,7 @@ def _broadcast_range(x, out, keep, sizes, field_strides, r_start, r_stop, scale,
         row = stop
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _broadcast_range_half(x, out, keep, sizes, field_strides, r_start, r_stop, scale, shift,
                           fill, inplace, f16):
     """:func:`_broadcast_range` on 16-bit float bits (``shift`` must be 0; ``fill`` is bits)."""
@@ -335,7 +359,7 @@ def _broadcast_range_half(x, out, keep, sizes, field_strides, r_start, r_stop, s
         row = stop
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _broadcast(x, out, keep, sizes, field_strides, rows_per_item, scale, shift, fill, inplace):
     """Apply a keep field broadcast over x: both flattened, x viewed with shape ``sizes``.
 
@@ -351,7 +375,7 @@ def _broadcast(x, out, keep, sizes, field_strides, rows_per_item, scale, shift, 
                          inplace)
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _broadcast_half(x, out, keep, sizes, field_strides, rows_per_item, scale, shift, fill,
                     inplace, f16):
     """:func:`_broadcast` for float16/bfloat16 data held as uint16."""
@@ -382,7 +406,7 @@ def _tile_shape(b_len: int) -> tuple[int, int]:
     return min(_T_A_MAX, max(_T_A_MIN, _T_DECISIONS // tb // 8 * 8)), tb
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _tile_keep(keep_t, words, lanes, blocks, lane0, base, step, a0, ta, b0, tb, k0, k1):
     """``keep_t[a * tb + b] = u_(base + (b0 + b) * step + a0 + a)`` for ``a < ta, b < tb``:
     the lanes of one tile in memory order; ``lanes`` is ``words`` seen as uint16, ``blocks``
@@ -410,7 +434,7 @@ def _tile_keep(keep_t, words, lanes, blocks, lane0, base, step, a0, ta, b0, tb, 
         _gather_row(keep_t[a * tb:(a + 1) * tb], lanes, lane0, np.uint64(a))
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _gather_row(dst, lanes, lane0, a):
     """``dst[b] = lanes[lane0[b] + a]``: one memory row of a tile (unsigned indices: no
     negative-index wrap, 3x faster than the same loop inline)."""
@@ -418,7 +442,7 @@ def _gather_row(dst, lanes, lane0, a):
         dst[b] = lanes[lane0[b] + a]
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _tile_buffers(ta, tb, dtype):
     """Scratch of one tile: Philox words, their block numbers, run offsets, lanes, a copy of x."""
     words = np.empty(tb * (ta // 8 + 1) * 4, dtype=np.uint32)
@@ -427,7 +451,7 @@ def _tile_buffers(ta, tb, dtype):
             np.empty(ta * tb, dtype=np.uint16), np.empty(ta * tb, dtype=dtype))
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _transposed_range(x, out, sizes, field_strides, ta, tb, i_start, i_stop, k0, k1, tt, scale,
                       shift, fill, inplace):
     """Work items (row, A-tile) ``i_start ... i_stop - 1`` of :func:`_transposed`."""
@@ -452,7 +476,7 @@ def _transposed_range(x, out, sizes, field_strides, ta, tb, i_start, i_stop, k0,
                              shift, fill)
 
 
-@nb.njit(cache=True)
+@_njit(cache=True)
 def _transposed_range_half(x, out, sizes, field_strides, ta, tb, i_start, i_stop, k0, k1, tt,
                            scale, shift, fill, inplace, f16):
     """:func:`_transposed_range` on 16-bit float bits (``shift`` must be 0; ``fill`` is bits)."""
@@ -477,7 +501,7 @@ def _transposed_range_half(x, out, sizes, field_strides, ta, tb, i_start, i_stop
                              fill, f16)
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _transposed(x, out, sizes, field_strides, ta, tb, items_per_task, k0, k1, tt, scale, shift,
                 fill, inplace):
     """out = where(u >= t, x * scale [+ shift], fill) for a full field read through its strides:
@@ -490,7 +514,7 @@ def _transposed(x, out, sizes, field_strides, ta, tb, items_per_task, k0, k1, tt
                           inplace)
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(parallel=True, cache=True)
 def _transposed_half(x, out, sizes, field_strides, ta, tb, items_per_task, k0, k1, tt, scale,
                      shift, fill, inplace, f16):
     """:func:`_transposed` for float16/bfloat16 data held as uint16."""
@@ -518,6 +542,46 @@ def _sync_threads() -> None:
     _synced.threads = wanted
 
 
+# numba's threading layers differ in what they survive (numba.threading_layer() names the one in
+# use). "omp" with GNU OpenMP kills a forked child that launches a parallel kernel once the
+# parent has launched one; "workqueue" aborts the process when two threads launch at once. So a
+# forked child runs the serial kernels unless the layer is fork-safe, and launches take a lock
+# under workqueue. Neither changes a bit: no result depends on how the work is split.
+_FORK_SAFE_LAYERS = ("tbb", "workqueue")
+_parallel_ok = True  # False in a forked child whose threading layer is not fork-safe
+_launch_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _parallel_ok, _launch_lock
+    try:
+        layer = nb.threading_layer()
+    except ValueError:  # no parallel launch yet: the layer numba would load, if named
+        layer = nb.config.THREADING_LAYER
+    _parallel_ok = _parallel_ok and layer in _FORK_SAFE_LAYERS
+    _launch_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _parallel(work: int, per_item: int) -> bool:
+    """Whether ``work`` units (``per_item`` per parallel work item) get a parallel launch:
+    more than one item, in a process where parallel kernels may run (see above)."""
+    return work > per_item and _parallel_ok
+
+
+def _launch(kernel, *args) -> None:
+    """Run a parallel kernel with torch's thread count (serialized under numba's workqueue
+    threading layer, which is not thread-safe)."""
+    _sync_threads()
+    if nb.threading_layer() == "workqueue":
+        with _launch_lock:
+            kernel(*args)
+    else:
+        kernel(*args)
+
+
 def _key32(key: tuple[int, int]) -> tuple[np.uint32, np.uint32]:
     return np.uint32(key[0]), np.uint32(key[1])
 
@@ -527,13 +591,12 @@ def keep_field(key: tuple[int, int], t: int, count: int, device=None) -> torch.T
     is accepted for signature parity with ``torch_ref`` and ignored)."""
     if t >= rng.LANE_RANGE:  # the kernels compare 16-bit lanes: 65536 would wrap to 0
         return torch.zeros(count, dtype=torch.bool)
-    _sync_threads()
     out = np.empty(count, dtype=np.uint8)
     n_blocks = (count + 7) // 8
-    if n_blocks <= _ITEM:
-        _keep_range(out, 0, n_blocks, *_key32(key), np.uint16(t))
+    if _parallel(n_blocks, _ITEM):
+        _launch(_keep, out, *_key32(key), np.uint16(t))
     else:
-        _keep(out, *_key32(key), np.uint16(t))
+        _keep_range(out, 0, n_blocks, *_key32(key), np.uint16(t))
     return torch.from_numpy(out).view(torch.bool)
 
 
@@ -566,7 +629,7 @@ def _f64_from_bits(typingctx, bits):
     return types.float64(types.uint64), codegen
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _frexp(a):
     """``math.frexp(a)`` by bit operations, exact for every nonzero normal ``a``. Zero (and
     subnormals, inf, NaN) give another pair; the callers never use it: u1 is in [2**-32, 1], and
@@ -576,7 +639,7 @@ def _frexp(a):
     return _f64_from_bits((b & np.uint64(0x800FFFFFFFFFFFFF)) | np.uint64(1022 << 52)), e
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _horner(x, coef):
     acc = coef[len(coef) - 1]  # the spec's ``x * 0.0 + coef[-1]``: x is finite and >= 0
     for k in range(len(coef) - 2, -1, -1):
@@ -584,7 +647,7 @@ def _horner(x, coef):
     return acc
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _pow2(h):
     neg = h < 0
     habs = -h if neg else h
@@ -596,7 +659,7 @@ def _pow2(h):
     return out
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _sqrt(a):
     m, e = _frexp(a)
     if (e & 1) != 0:
@@ -608,7 +671,7 @@ def _sqrt(a):
     return 0.0 if a == 0.0 else g * _pow2(e // 2)
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _box_muller(ra, rb):
     """:func:`dropkit.rng.box_muller` on one pair of word values (float64)."""
     u1 = (ra + 1.0) * 2.0**-32
@@ -641,7 +704,7 @@ def _box_muller(ra, rb):
     return radius * cos_a, radius * sin_a
 
 
-@nb.njit(cache=True, error_model="numpy")
+@_njit(cache=True, error_model="numpy")
 def box_muller_words(ra, rb):
     """Box-Muller of word pairs ``ra[i], rb[i]`` (uint32 arrays): ``(z_even, z_odd)`` float64.
     Exposed so tests can feed chosen words (0, 0xFFFFFFFF, ...) to the kernel's transform."""
@@ -652,7 +715,7 @@ def box_muller_words(ra, rb):
     return z0, z1
 
 
-@nb.njit(inline="always", cache=True)
+@_njit(inline="always", cache=True)
 def _fill_normals(zs, words, first_block, n_blocks, k0, k1):
     """Normals ``4 * first_block ...`` of stream 1 into ``zs`` (float64, 4 per block); ``words``
     is a uint32 scratch buffer as long as ``zs``. Words first, then one simple loop over pairs."""
@@ -662,7 +725,7 @@ def _fill_normals(zs, words, first_block, n_blocks, k0, k1):
                                                np.float64(words[2 * j + 1]))
 
 
-@nb.njit(cache=True, error_model="numpy")
+@_njit(cache=True, error_model="numpy")
 def _normal_range(out, b_start, b_stop, k0, k1):
     """Normals of blocks ``b_start ... b_stop - 1`` into ``out`` (a multiple of 4 long)."""
     words = np.empty(_TILE * 4, dtype=np.uint32)
@@ -672,7 +735,7 @@ def _normal_range(out, b_start, b_stop, k0, k1):
         _fill_normals(out[4 * first:4 * (first + nb_)], words, first, nb_, k0, k1)
 
 
-@nb.njit(parallel=True, cache=True, error_model="numpy")
+@_njit(parallel=True, cache=True, error_model="numpy")
 def _normal(out, k0, k1):
     n_blocks = out.size // 4
     for c in nb.prange((n_blocks + _GAUSS_ITEM - 1) // _GAUSS_ITEM):
@@ -680,7 +743,7 @@ def _normal(out, k0, k1):
         _normal_range(out, start, min(start + _GAUSS_ITEM, n_blocks), k0, k1)
 
 
-@nb.njit(cache=True, error_model="numpy")
+@_njit(cache=True, error_model="numpy")
 def _gauss_range(x, out, b_start, b_stop, k0, k1, std):
     """``out = x * ct(1.0 + std * z)`` for blocks ``b_start ... b_stop - 1``: the factor is
     computed in float64 and rounded to x's dtype (the compute dtype), then multiplied in it."""
@@ -700,7 +763,7 @@ def _gauss_range(x, out, b_start, b_stop, k0, k1, std):
             os_[j] = xs[j] * fac[j]
 
 
-@nb.njit(parallel=True, cache=True, error_model="numpy")
+@_njit(parallel=True, cache=True, error_model="numpy")
 def _gauss(x, out, k0, k1, std):
     n_blocks = (x.size + 3) // 4
     for c in nb.prange((n_blocks + _GAUSS_ITEM - 1) // _GAUSS_ITEM):
@@ -713,12 +776,10 @@ def normal_field(key: tuple[int, int], count: int, device=None) -> torch.Tensor:
     Box-Muller: the same bits as ``torch_ref.normal_field``); ``device`` is ignored."""
     n_blocks = -(-count // rng.NORMALS_PER_BLOCK)
     out = np.empty(4 * n_blocks, dtype=np.float64)
-    if n_blocks:
-        _sync_threads()
-        if n_blocks <= _GAUSS_ITEM:
-            _normal_range(out, 0, n_blocks, *_key32(key))
-        else:
-            _normal(out, *_key32(key))
+    if _parallel(n_blocks, _GAUSS_ITEM):
+        _launch(_normal, out, *_key32(key))
+    else:
+        _normal_range(out, 0, n_blocks, *_key32(key))
     return torch.from_numpy(out[:count])
 
 
@@ -738,11 +799,10 @@ def gaussian(x: torch.Tensor, key: tuple[int, int], std: float) -> torch.Tensor 
     xs, os_ = _flat_numpy(src, None), _flat_numpy(out, None)
     k0, k1 = _key32(key)
     n_blocks = (n + 3) // 4
-    _sync_threads()
-    if n_blocks <= _GAUSS_ITEM:
-        _gauss_range(xs, os_, 0, n_blocks, k0, k1, float(std))
+    if _parallel(n_blocks, _GAUSS_ITEM):
+        _launch(_gauss, xs, os_, k0, k1, float(std))
     else:
-        _gauss(xs, os_, k0, k1, float(std))
+        _gauss_range(xs, os_, 0, n_blocks, k0, k1, float(std))
     return torch_ref.like_memory_format(out, x)
 
 
@@ -817,12 +877,11 @@ def apply(
         fill_arg = compute(fill)
     inplace = xs.ctypes.data == os_.ctypes.data
     consts = (compute(scale), compute(shift), fill_arg, inplace, *extra)
-    parallel = n > _ITEM * 8
-    _sync_threads()
+    parallel = _parallel(n, _ITEM * 8)
     if order is None and tuple(noise_shape) == tuple(x.shape):
         k0, k1 = _key32(key)
         if parallel:
-            fused(xs, os_, k0, k1, np.uint16(t), *consts)
+            _launch(fused, xs, os_, k0, k1, np.uint16(t), *consts)
         else:
             fused_serial(xs, os_, 0, (n + 7) // 8, k0, k1, np.uint16(t), *consts)
         return out
@@ -834,7 +893,7 @@ def apply(
     keep = keep_field(key, t, field_size).numpy().view(np.uint8)
     if parallel:
         rows_per_item = max(1, _ITEM * 8 // int(sizes[-1]))
-        broadcast(xs, os_, keep, sizes, strides, rows_per_item, *consts)
+        _launch(broadcast, xs, os_, keep, sizes, strides, rows_per_item, *consts)
     else:
         broadcast_serial(xs, os_, keep, sizes, strides, 0, n // int(sizes[-1]), *consts)
     return out
@@ -849,32 +908,45 @@ def _apply_transposed(kernels, xs, os_, sizes, strides, key, t, consts, parallel
     k0, k1 = _key32(key)
     if parallel:
         items_per_task = max(1, _ITEM * 8 // (ta * b_len))
-        transposed(xs, os_, sizes, strides, ta, tb, items_per_task, k0, k1, np.uint16(t),
-                   *consts)
+        _launch(transposed, xs, os_, sizes, strides, ta, tb, items_per_task, k0, k1,
+                np.uint16(t), *consts)
     else:
         transposed_serial(xs, os_, sizes, strides, ta, tb, 0, n_items, k0, k1, np.uint16(t),
                           *consts)
 
 
-@nb.njit(parallel=True, cache=True)
+@_njit(cache=True)
+def _keep_runs_item(out, starts, k0, k1, tt, item, tiles):
+    """Work item ``item`` of :func:`_keep_runs`: one tile of blocks of one run."""
+    length = out.shape[1]
+    r = item // tiles
+    start = starts[r]
+    first = start // 8 + (item % tiles) * _TILE
+    stop_block = (start + length + 7) // 8
+    if first < stop_block:
+        n_blocks = min(_TILE, stop_block - first)
+        words = np.empty(_TILE * 4, dtype=np.uint32)
+        lanes = words.view(np.uint16)
+        _fill_tile(words, first, n_blocks, np.uint32(0), k0, k1)
+        lo = max(first * 8, start)
+        hi = min((first + n_blocks) * 8, start + length)
+        for i in range(lo, hi):
+            out[r, i - start] = lanes[i - first * 8] >= tt
+
+
+@_njit(parallel=True, cache=True)
 def _keep_runs(out, starts, k0, k1, tt):
     """out[r, j] = u_(starts[r] + j) >= t: runs of the stream-0 field, in tiles of blocks."""
-    n_runs, length = out.shape
-    tiles = (length + 7) // (8 * _TILE) + 2  # enough tiles for any alignment of a run
-    for item in nb.prange(n_runs * tiles):
-        r = np.int64(item) // tiles
-        start = starts[r]
-        first = start // 8 + (np.int64(item) % tiles) * _TILE
-        stop_block = (start + length + 7) // 8
-        if first < stop_block:
-            n_blocks = min(_TILE, stop_block - first)
-            words = np.empty(_TILE * 4, dtype=np.uint32)
-            lanes = words.view(np.uint16)
-            _fill_tile(words, first, n_blocks, np.uint32(0), k0, k1)
-            lo = max(first * 8, start)
-            hi = min((first + n_blocks) * 8, start + length)
-            for i in range(lo, hi):
-                out[r, i - start] = lanes[i - first * 8] >= tt
+    tiles = (out.shape[1] + 7) // (8 * _TILE) + 2  # enough tiles for any alignment of a run
+    for item in nb.prange(out.shape[0] * tiles):
+        _keep_runs_item(out, starts, k0, k1, tt, np.int64(item), tiles)
+
+
+@_njit(cache=True)
+def _keep_runs_serial(out, starts, k0, k1, tt):
+    tiles = (out.shape[1] + 7) // (8 * _TILE) + 2
+    for item in range(out.shape[0] * tiles):
+        _keep_runs_item(out, starts, k0, k1, tt, np.int64(item), tiles)
 
 
 def keep_runs(key: tuple[int, int], t: int, starts: torch.Tensor, length: int,
@@ -884,8 +956,11 @@ def keep_runs(key: tuple[int, int], t: int, starts: torch.Tensor, length: int,
     n_runs = len(starts)
     if t >= rng.LANE_RANGE:
         return torch.zeros(n_runs, length, dtype=torch.bool)
-    _sync_threads()
     out = np.empty((n_runs, length), dtype=np.uint8)
     if out.size:
-        _keep_runs(out, starts.to(torch.int64).numpy(), *_key32(key), np.uint16(t))
+        args = (out, starts.to(torch.int64).numpy(), *_key32(key), np.uint16(t))
+        if _parallel(out.size, _ITEM * 8):
+            _launch(_keep_runs, *args)
+        else:
+            _keep_runs_serial(*args)
     return torch.from_numpy(out).view(torch.bool)

@@ -123,6 +123,14 @@ def inverse(order: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(inv)
 
 
+def unpermute(t: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    """``t.permute(inverse(order))`` as a tensor of its own (sharing ``t``'s storage), not a
+    view: an op's output must not be a view of a temporary, or autograd forbids in-place ops on
+    it (``relu_`` after a dropout of a channels_last input)."""
+    v = t.permute(inverse(order))
+    return v.new_empty(0).set_(v.untyped_storage(), v.storage_offset(), v.size(), v.stride())
+
+
 def is_dense(t: torch.Tensor) -> bool:
     """Whether ``t`` is non-overlapping and dense (any permutation of a contiguous layout)."""
     return t.is_contiguous() or torch.empty_like(t, device="meta").stride() == t.stride()
@@ -137,7 +145,7 @@ def in_memory_order(fn, x: torch.Tensor, *fields: torch.Tensor) -> torch.Tensor:
     if order is None:
         return fn(x, *fields).contiguous()
     views = (f.permute(order) for f in fields)
-    return fn(x.permute(order), *views).contiguous().permute(inverse(order))
+    return unpermute(fn(x.permute(order), *views).contiguous(), order)
 
 
 def like_memory_format(result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

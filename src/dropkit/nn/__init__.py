@@ -2,6 +2,7 @@
 the same checks as :mod:`dropkit.functional`, and calls one function in ``forward``."""
 
 from ._rate import RateModule
+from .attention import MultiheadAttention
 from .drop_block import DropBlock1d, DropBlock2d, DropBlock3d
 from .drop_connect import (
     DropConnectConv1d,
@@ -36,6 +37,7 @@ __all__ = [
     "EmbeddingDropout",
     "GaussianDropout",
     "LockedDropout",
+    "MultiheadAttention",
     "RateModule",
     "SpatialDropout1d",
     "SpatialDropout2d",

@@ -86,17 +86,11 @@ def rate_dropout(
 ) -> Tensor:
     """The Bernoulli variants in training (``kind``: ``"inverted"``, ``"unscaled"`` or
     ``"alpha"``) and Gaussian dropout (``"gaussian"``), with the short cuts of
-    :mod:`dropkit.functional`: ``p_eff = 0`` returns ``input``, ``p_eff = 1`` draws nothing."""
-    if is_empty(input):
+    :mod:`dropkit.functional`: ``p = 0`` returns ``input``, and a key is drawn iff
+    ``0 < p < 1``."""
+    if is_empty(input) or p == 0.0:
         return input
-    if kind == "gaussian":
-        nothing, everything = p == 0.0, p == 1.0
-    else:
-        t = threshold(p)
-        nothing, everything = t == 0, t >= 65536
-    if nothing:
-        return input
-    k = key(seed, generator, not everything).to(input.device)
+    k = key(seed, generator, p < 1.0).to(input.device)
     rate = torch.full((), p, dtype=torch.float64)
     out = torch.ops.dropkit.rate_op(input, k, rate, noise_shape, kind)
     return input.copy_(out) if inplace else out
@@ -105,7 +99,7 @@ def rate_dropout(
 def vanilla_eval(input: Tensor, p: float, inplace: bool) -> Tensor:
     """Vanilla dropout at eval time: ``input * (1 - p_eff)``."""
     t = threshold(p)
-    if t == 0 or is_empty(input):
+    if p == 0.0 or is_empty(input):
         return input
     scale = 0.0 if t >= 65536 else 1.0 - t / 65536.0
     return input.mul_(scale) if inplace else input * scale

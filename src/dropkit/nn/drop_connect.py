@@ -83,8 +83,7 @@ class _DropConnectMixin(_jit.Forward):
 
     def _setup(self, p, mask, inference, n_samples, activation) -> None:
         name = type(self).__name__
-        self._p_tensor = torch.zeros((), dtype=torch.float64)
-        self.p = p
+        self._init_rate(p)
         self.mask = v.check_choice(name, "mask", mask, MASKS)
         self.inference = v.check_choice(name, "inference", inference, INFERENCES)
         self.n_samples = _check_n_samples(name, n_samples)

@@ -175,7 +175,8 @@ class EmbeddingDropout(_jit.Forward, RateModule):
     ) -> Tensor:
         """Boolean keep decisions of shape ``input.shape`` (what one training call uses)."""
         self._check_input(input, seed, generator)
-        return self._keep(input, F.draw_key(seed, generator), self._threshold())
+        return self._keep(input, F.draw_key(seed, generator, rate=self._rate()),
+                          self._threshold())
 
     def _forward(self, input, seed, generator):
         self._check_input(input, seed, generator)
@@ -184,7 +185,7 @@ class EmbeddingDropout(_jit.Forward, RateModule):
         if not self.training or (not isinstance(rate, Tensor) and rate == 0.0):
             return emb
         t = self._threshold()
-        keep = self._keep(input, F.draw_key(seed, generator), t)
+        keep = self._keep(input, F.draw_key(seed, generator, rate=rate), t)
         if isinstance(t, Tensor):
             scale = rng.LANE_RANGE / (rng.LANE_RANGE - t).clamp_min(1).to(torch.float64)
             scale = scale.to(torch_ref.compute_dtype(emb.dtype))

@@ -1,0 +1,117 @@
+"""dropkit.convert on real timm models (built from their factories, no weights)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from integration_helpers import check_model, measure_rates
+
+import dropkit
+from dropkit.convert import timm_drop_block_fraction
+
+DROP_PATH = "timm.layers.drop.DropPath"
+DROP_BLOCK = "timm.layers.drop.DropBlock2d"
+DROPOUT = "torch.nn.Dropout"
+ATTENTION = "timm.layers.attention.Attention"
+
+
+def images(n: int = 2, size: int = 64) -> torch.Tensor:
+    return torch.randn(n, 3, size, size)
+
+
+def test_resnet50_drop_rate_drop_block_rate_drop_path_rate():
+    model = timm.create_model("resnet50", pretrained=False, num_classes=10, drop_rate=0.2,
+                              drop_block_rate=0.1, drop_path_rate=0.1)
+    report = check_model(model, images(2, 32), lambda: images(8, 32), passes=6,
+                         channels_last=True, converted_sources={DROP_BLOCK: 9, DROP_PATH: 15})
+    by_name = {c.name: c for c in report.converted}
+    # layer3: block 5, gamma_scale 0.25 (nominal 0.025); layer4: block 3 (nominal 0.1).
+    assert by_name["layer3.0.drop_block"].settings["p"] == pytest.approx(0.025)
+    assert by_name["layer4.0.drop_block"].settings["p"] == pytest.approx(0.1)
+
+
+def test_resnet50_drop_block_rate_realised_keeps_timms_rate():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet50", pretrained=False, num_classes=10, drop_block_rate=0.1)
+    report = dropkit.convert(model, copy=True, drop_block_rate="realised",
+                             example_input=images())
+    by_name = {c.name: c for c in report.converted}
+    # 64x64 images: layer3's map is 4x4, layer4's 2x2.
+    l3 = timm_drop_block_fraction((4, 4), 0.1, 5, 0.25)
+    l4 = timm_drop_block_fraction((2, 2), 0.1, 3, 1.0)
+    assert by_name["layer3.1.drop_block"].settings["p"] == pytest.approx(l3)
+    assert by_name["layer4.1.drop_block"].settings["p"] == pytest.approx(l4)
+    assert "4x4 map" in by_name["layer3.1.drop_block"].notes[0]
+    # What timm's own layers drop there, measured: dropkit's converted rates match it.
+    timm_rates = _timm_block_rates(model, passes=4)
+    dk = measure_rates(report.model, lambda: images(8), passes=6)  # >= 100 live maps
+    for name, (measured, configured) in dk.items():
+        assert configured == pytest.approx(l3 if name.startswith("layer3") else l4)
+        timm_measured = timm_rates[name]
+        assert abs(timm_measured - configured) < 0.05, (name, timm_measured, configured)
+        assert abs(measured - configured) < 0.05, (name, measured, configured)
+
+
+def _timm_block_rates(model: torch.nn.Module, passes: int) -> dict[str, float]:
+    """The dropped fraction of each of timm's own DropBlock2d layers (zeros where the input
+    was not zero)."""
+    sums: dict[str, list[float]] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if type(m).__name__ == "DropBlock2d":
+            sums[name] = [0.0, 0.0]
+
+            def hook(mod, args, out, name=name):
+                nz = args[0] != 0
+                sums[name][0] += float(((out == 0) & nz).sum())
+                sums[name][1] += float(nz.sum())
+
+            handles.append(m.register_forward_hook(hook))
+    model.train()
+    with torch.no_grad():
+        for _ in range(passes):
+            model(images(8))
+    for h in handles:
+        h.remove()
+    return {name: d / n for name, (d, n) in sums.items()}
+
+
+def test_vit_small_fused_attention_uses_dropkits_attention_dropout():
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10,
+                              img_size=64, depth=2, drop_rate=0.1, proj_drop_rate=0.1,
+                              attn_drop_rate=0.1, drop_path_rate=0.1)
+    assert all(b.attn.fused_attn for b in model.blocks)  # timm's default on torch >= 2.0
+    # The Attention blocks become dropkit's (their fused kernel is dropkit's attention, at
+    # attn_drop's rate), so their attn_drop layers are converted and applied too.
+    report = check_model(model, images(), lambda: images(8), passes=4,
+                         converted_sources={DROPOUT: 10, DROP_PATH: 2, ATTENTION: 2},
+                         compile_backend="inductor")
+    assert report.skipped == []
+    attn = report.model.blocks[0].attn
+    assert type(attn).__name__ == "TimmAttention"
+    assert type(attn.attn_drop) is dropkit.nn.Dropout
+
+
+def test_vit_small_without_fused_attention_converts_the_attention_dropout():
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10,
+                              img_size=32, depth=1, attn_drop_rate=0.1)
+    model.blocks[0].attn.fused_attn = False
+    report = dropkit.convert(model, copy=True)
+    assert "blocks.0.attn.attn_drop" in [c.name for c in report.converted]
+    assert report.skipped == []
+    measure_rates(report.model, lambda: images(4, 32), passes=2)
+
+
+def test_convnext_tiny():
+    model = timm.create_model("convnext_tiny", pretrained=False, num_classes=10,
+                              depths=(1, 1, 2, 1), drop_rate=0.1, drop_path_rate=0.2)
+    check_model(model, images(), lambda: images(16), passes=20, channels_last=True,
+                converted_sources={DROPOUT: 11, DROP_PATH: 4})
+
+
+def test_efficientnet_b0():
+    model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=10,
+                              drop_rate=0.2, drop_path_rate=0.2)
+    check_model(model, images(2, 32), lambda: images(8, 32), passes=6, channels_last=True,
+                converted_sources={DROP_PATH: 15})
