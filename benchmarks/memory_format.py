@@ -3,8 +3,9 @@
 Medians of ``torch.utils.benchmark.Timer`` (blocked_autorange), one process, one run::
 
     PYTHONPATH=src python benchmarks/memory_format.py [--shape 32,256,28,28] [--threads N]
+        [--dtype float32|bfloat16|float16|float64]
 
-Rows: plain dropout (full field) and spatial dropout (one decision per (N, C)), float32,
+Rows: plain dropout (full field) and spatial dropout (one decision per (N, C)), in ``--dtype``,
 forward and forward+backward, for torch (``F.dropout`` / ``F.dropout2d``) and dropkit, each on a
 ``torch.channels_last`` and a contiguous input. Every output is checked to keep the input's
 memory format.
@@ -38,13 +39,16 @@ def main() -> None:
     parser.add_argument("--shape", default="32,256,28,28")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--min-run-time", type=float, default=1.0)
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "bfloat16", "float16", "float64"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = tuple(int(s) for s in args.shape.split(","))
-    base = torch.randn(shape)
-    grad = torch.randn(shape)
-    print(f"shape {shape} float32, {torch.get_num_threads()} threads; median ms")
+    dtype = getattr(torch, args.dtype)
+    base = torch.randn(shape).to(dtype)
+    grad = torch.randn(shape).to(dtype)
+    print(f"shape {shape} {args.dtype}, {torch.get_num_threads()} threads; median ms")
     print(f"{'op':10} {'pass':8} {'provider':8} {'channels_last':>14} {'contiguous':>11}")
     for op, providers in OPS.items():
         for provider, fn in providers.items():

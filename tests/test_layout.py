@@ -16,7 +16,7 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -133,8 +133,11 @@ def _run(backend, op, x, seed=11):
         kernels.set_backend(old)
 
 
+# Few examples each: 2 backends x 12 ops (x 3 inplace ops) already give hundreds of draws, and
+# the full-field kernels' tile edges are covered exhaustively below.
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=12)
 @given(problem=problems(), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]))
 def test_outputs_and_gradients_keep_the_memory_format(backend, name, problem, dtype):
     _check(backend, name, *problem, dtype)
@@ -142,6 +145,7 @@ def test_outputs_and_gradients_keep_the_memory_format(backend, name, problem, dt
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(INPLACE))
+@settings(max_examples=12)
 @given(problem=problems(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_inplace_writes_the_contiguous_bits_through_the_layout(backend, name, problem, dtype):
     shape, kind, perm = problem
@@ -160,6 +164,80 @@ def test_large_channels_last_inputs_take_the_parallel_kernels(backend):
     for name in ("dropout", "spatial", "alpha", "gaussian", "drop_block"):
         got, want = _run(backend, OPS[name][0], x), _run(backend, OPS[name][0], x.contiguous())
         assert same_bits(got, want) and got.is_contiguous(memory_format=CL), name
+
+
+# --- numba: a full field in a non-row-major memory order takes the tiled kernel ---
+
+# Shapes around the tile edges (numba_cpu._tile_shape): positions along w (or h*w) not a multiple
+# of the tile or of 8 (Philox runs that start inside a block), more channels than a tile (_T_B),
+# one channel tile exactly, a tile remainder of one; 4-D channels_last, 5-D channels_last_3d and
+# a permuted layout whose innermost axis is not w.
+TILED = [
+    ((2, 3, 5, 7), CL), ((3, 70, 9, 11), CL), ((1, 300, 2, 37), CL), ((2, 256, 1, 65), CL),
+    ((2, 5, 3, 4, 6), CL3D), ((1, 9, 7, 1, 13), CL3D), ((2, 6, 5, 9), (0, 3, 1, 2)),
+]
+
+
+def _tiled_input(shape, layout, dtype, seed=0):
+    x = _randn(shape, dtype, seed)
+    if isinstance(layout, tuple):
+        return _layout(x, "permuted", layout)
+    return x.contiguous(memory_format=layout)
+
+
+@pytest.fixture
+def no_keep_field(monkeypatch):
+    """The tiled kernel draws no separate keep field: any call of numba_cpu.keep_field fails."""
+    numba_cpu = importlib.import_module("dropkit.kernels.numba_cpu")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the full field was drawn separately, not by the tiled kernel")
+
+    monkeypatch.setattr(numba_cpu, "keep_field", fail)
+
+
+@pytest.mark.parametrize("shape, layout", TILED, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64],
+                         ids=str)
+def test_full_field_tiled_kernel_gives_the_contiguous_bits(shape, layout, dtype, no_keep_field):
+    """Plain dropout (and float32/64 alpha dropout) on the tiled kernel: the contiguous input's
+    bits, in the input's layout; backward with a gradient in either layout too."""
+    x = _tiled_input(shape, layout, dtype)
+    ops = [OPS["dropout"][0]]
+    if dtype in (torch.float32, torch.float64):  # 16-bit alpha dropout shares torch_ref's path
+        ops.append(OPS["alpha"][0])
+    for op in ops:
+        got = _run("numba", op, x, seed=2**40 + 3)
+        want = _run("numba", op, x.contiguous(), seed=2**40 + 3)
+        assert same_bits(got, want) and got.stride() == x.stride(), (shape, layout)
+    xg, rg = x.detach().requires_grad_(), x.contiguous().requires_grad_()
+    for g in (_tiled_input(shape, layout, dtype, seed=4), _randn(shape, dtype, seed=4)):
+        op = ops[0]
+        (gx,) = torch.autograd.grad(_run("numba", op, xg), xg, g)
+        (gr,) = torch.autograd.grad(_run("numba", op, rg), rg, g.contiguous())
+        assert same_bits(gx, gr) and gx.stride() == g.stride(), (shape, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_full_field_tiled_kernel_in_place(dtype, no_keep_field):
+    for shape, layout in TILED:
+        x = _tiled_input(shape, layout, dtype)
+        want = _run("numba", OPS["dropout"][0], x.contiguous())
+        strides = x.stride()
+        out = _run("numba", INPLACE["dropout"], x)
+        assert out is x and x.stride() == strides and same_bits(x, want), (shape, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_full_field_tiled_kernel_does_not_depend_on_the_thread_count(dtype, no_keep_field):
+    """Bigger than one work item (the parallel kernel), ragged tiles: 1 and 2 threads agree."""
+    for shape, layout in (((3, 300, 11, 19), CL), ((2, 30, 5, 23, 9), CL3D)):
+        x = _tiled_input(shape, layout, dtype)
+        want = _run("numba", OPS["dropout"][0], x.contiguous())
+        for threads in (1, 2):
+            torch.set_num_threads(threads)  # restored by conftest
+            got = _run("numba", OPS["dropout"][0], x)
+            assert same_bits(got, want) and got.stride() == x.stride(), (shape, threads)
 
 
 @pytest.mark.parametrize("name", list(OPS))
