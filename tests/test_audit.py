@@ -206,7 +206,7 @@ def test_png_is_a_picture(quick):
     image = matplotlib.image.imread(folder / "audit.png")
     height, width = image.shape[:2]
     assert image.ndim == 3 and image.shape[2] in (3, 4)
-    assert width >= 1000 and height >= 1500, image.shape  # two panels per variant, 6 variants
+    assert width >= 1000 and height >= 1500, image.shape  # one wide panel per variant, 6 variants
     rgb = image[..., :3]
     assert rgb.std() > 0.05, "audit.png is (nearly) blank"
     packed = (rgb * 255).round().astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
@@ -511,3 +511,66 @@ def test_within_labels():
     assert audit._within(0.101, 0.1, 0.001) == "3% and 4 SE"
     assert audit._within(0.110, 0.1, 0.003) == "4 SE"
     assert audit._within(0.110, 0.1, 0.002) == "no"
+
+
+# ----------------------------------------------------------------------------- the picture
+
+
+def _fake_peer_row(variant: str, shape: list[int], p: float, realized: float) -> audit.Row:
+    return audit.Row(variant, "torchvision", "tv(x, p)", "per channel", shape, [3, 3], p, 2,
+                     None, realized, realized / p - 1.0, 0.001, "empirical", 0.001, 16, 0.0,
+                     "no", False)
+
+
+def test_figure_data_is_the_relative_error_per_variant_and_shape():
+    rows = audit.audit(audit.grid(quick=True), 2, 0, torch.device("cpu"))
+    rows.append(_fake_peer_row("drop_block2d", [8, 16, 14, 14], 0.1, 0.075))
+    rows.append(audit.Row("drop_block2d", "torchvision", "tv(x, p)", "per channel",
+                          [8, 16, 7, 7], [4, 4], 0.1, 2, None, None, None, None, "", None,
+                          None, None, "error", None, "ValueError: odd"))
+    panels = audit.figure_data(rows)
+    assert [panel.variant for panel in panels] == list(audit.VARIANTS)
+    seen = []
+    for panel in panels:
+        assert panel.rates == [0.1]
+        for series in panel.series:
+            xs = list(zip(series.x, series.rows, strict=True))
+            for x, row, y, err in zip(series.x, series.rows, series.y, series.yerr, strict=True):
+                seen.append(id(row))
+                assert row.variant == panel.variant
+                assert y == pytest.approx(100 * (row.realized - row.p) / row.p)
+                assert err == pytest.approx(100 * 4 * row.se / row.p)
+                config = panel.configs[round(x)]  # x lies inside its shape's category
+                assert abs(x - round(x)) < 0.5
+                assert config.split("\n")[0] == "x".join(map(str, row.shape))
+                if row.block is not None:
+                    assert config.split("\n")[1] == "block " + "x".join(map(str, row.block))
+            assert len({x for x, _ in xs}) == len(xs)
+    measured = [r for r in rows if r.realized is not None]
+    assert sorted(seen) == sorted(id(r) for r in measured)  # each measured row once
+    (blocks,) = [panel for panel in panels if panel.variant == "drop_block2d"]
+    assert blocks.configs == [f"8x16x{m}x{m}\nblock {b}x{b}" for m in (7, 14) for b in (3, 4, 7)]
+    labels = [series.label for series in blocks.series]
+    assert labels == ["dropkit", "dropkit (shared masks)", "tv(x, p)"]
+    assert blocks.series[2].y == [pytest.approx(-25.0)] and blocks.series[2].errors == 1
+    # dropkit's two mask kinds sit side by side in each category, not on top of each other
+    assert blocks.series[0].x[0] < blocks.series[1].x[0] < blocks.series[2].x[0]
+
+
+def test_figure_draws_one_relative_error_panel_per_variant_with_the_3_percent_band():
+    rows = audit.audit(audit.grid(quick=True), 2, 0, torch.device("cpu"))
+    fig = audit.draw_figure(rows, "title")
+    axes = fig.get_axes()
+    assert len(axes) == len(audit.VARIANTS)  # no "realized vs requested" panels
+    for ax, panel in zip(axes, audit.figure_data(rows), strict=True):
+        assert ax.get_title().startswith(f"{panel.variant}: relative error")
+        assert [t.get_text() for t in ax.get_xticklabels()] == panel.configs
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend[0] == "±3%"
+        (band,) = [patch for patch in ax.patches if patch.get_label() == "±3%"]
+        display = band.get_transform().transform(band.get_path().vertices)
+        data = ax.transData.inverted().transform(display)[:, 1]
+        assert min(data) == pytest.approx(-3.0) and max(data) == pytest.approx(3.0)
+        plotted = sorted(y for line in ax.lines for y in line.get_ydata() if line.get_marker()
+                         not in (None, "None", ""))
+        assert plotted == pytest.approx(sorted(y for s in panel.series for y in s.y))

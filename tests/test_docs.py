@@ -46,6 +46,15 @@ def test_mkdocs_build_strict(tmp_path):
     # names built by factories at import time are documented too (docs/_griffe extension)
     for name in ("spatial_dropout2d", "drop_block2d"):
         assert f'id="dropkit.functional.{name}"' in api, name
+    site = tmp_path / "site"
+    pages = {p: p.read_text() for p in site.rglob("*.html")}
+    for page, html in pages.items():
+        assert "Bases: <code>_" not in html and ">_DropBlockNd<" not in html, page
+        if "/api/" in str(page):  # docstrings' references to docs pages are links
+            assert not re.search(r"<code>docs/[\w/-]+\.md</code>", html), page
+    nav = re.findall(r"^\s*- ([^:]+): \S+\.md$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    assert "RNG spec" in nav and len(nav) == len(set(nav)), nav  # one title per page
+    assert "<code>experiment</code>" in pages[site / "index.html"]
 
 
 def _public(module_name: str) -> list[tuple[str, object]]:

@@ -382,7 +382,7 @@ def scaled_dot_product_attention(
     from ``attn_mask`` (boolean: ``True`` takes part, ``False`` is ``-inf``; floating: added)
     and ``is_causal`` (top-left aligned lower triangle, as torch). With ``dropout_p > 0`` the
     attention weights of shape ``(*batch, L, S)`` form the random field (numbered row-major,
-    ``docs/rng.md``); ``dropout_mode="probs"`` gives exactly
+    [docs/rng.md](../rng.md)); ``dropout_mode="probs"`` gives exactly
     ``dropkit.functional.dropout(weights, dropout_p, seed=seed) @ value`` (the same dropped
     positions, the same scale ``1 / (1 - p_eff)``, values equal up to rounding);
     ``dropout_mode="key"`` (DropKey) sets the same positions' logits to ``-inf`` before the

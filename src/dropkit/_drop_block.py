@@ -342,7 +342,7 @@ def _make(spatial_dims: int):
     where they fit in the map, and the seed probability ``gamma`` solves
     ``1 - mean_u (1 - gamma)**c(u) = p`` exactly (``c(u)`` = number of valid block starts that
     cover unit ``u``), so the expected dropped fraction is ``p`` for every map and block size,
-    borders and overlaps included (``docs/dropblock.md``).
+    borders and overlaps included ([docs/dropblock.md](../dropblock.md)).
 
     Args:
         input: Feature map, see Shape.

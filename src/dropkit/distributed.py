@@ -1,7 +1,7 @@
 """dropkit under ``torch.distributed``: rank-dependent streams, and masks that do not depend on
 how a tensor is split.
 
-Two rules (``docs/rng.md``, section 9), both consequences of masks being a pure function of
+Two rules ([docs/rng.md](../rng.md), section 9), both consequences of masks being a pure function of
 ``(seed, global index)``:
 
 * **Ranks draw different masks by default.** When ``torch.distributed`` is initialized, a seed

@@ -1,9 +1,9 @@
 """The dropout family as functions: validate, short-circuit the trivial cases, dispatch.
 
-Every function here draws its decisions from dropkit's Philox mask engine (``docs/rng.md``):
-the mask is a pure function of ``(seed, noise shape)``, identical on every backend and device,
-and backward regenerates it from the seed instead of keeping it (autograd saves 16 bytes per
-call, not a mask).
+Every function here draws its decisions from dropkit's Philox mask engine
+([docs/rng.md](../rng.md)): the mask is a pure function of ``(seed, noise shape)``, identical on
+every backend and device, and backward regenerates it from the seed instead of keeping it
+(autograd saves 16 bytes per call, not a mask).
 
 Conventions shared by all functions:
 
@@ -458,8 +458,8 @@ def gaussian_dropout(
     """Multiply by Gaussian noise ``N(1, p / (1 - p))`` (Srivastava et al., 2014, section 10).
 
     The noise has the same mean and variance as inverted dropout's ``mask / (1 - p)``. It is
-    drawn from stream 1 of the Philox engine (Box-Muller in float64, ``docs/rng.md``); backward
-    regenerates it.
+    drawn from stream 1 of the Philox engine (Box-Muller in float64,
+    [docs/rng.md](../rng.md)); backward regenerates it.
 
     Args:
         input: Tensor of any shape and a floating dtype.
@@ -639,7 +639,7 @@ def gaussian_noise(
 
     The noise ``stddev * z`` uses the same standard normal field ``z`` as
     :func:`gaussian_dropout` (stream 1 of the Philox engine, Box-Muller in float64,
-    ``docs/rng.md`` section 5): for the same ``seed``, ``gaussian_noise(x, s) - x`` is
+    [docs/rng.md](../rng.md) section 5): for the same ``seed``, ``gaussian_noise(x, s) - x`` is
     ``(gaussian_dropout(ones, p) - 1) * s / sqrt(p / (1 - p))`` up to rounding. The gradient is
     the identity, so autograd saves nothing. :func:`dropkit.numpy.gaussian_noise` is the NumPy
     twin (same bits).

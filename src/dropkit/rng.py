@@ -1,10 +1,10 @@
 """The mask engine's specification: Philox4x32-10 and how dropkit turns it into decisions.
 
 Every random decision in dropkit is a pure function of ``(seed, field shape, index)``. This module
-is the executable form of ``docs/rng.md``; the NumPy code here is the reference that every other
-backend (numba CPU kernels, the pure-PyTorch path, later Triton) must match bit for bit.
+is the executable form of [docs/rng.md](../rng.md); the NumPy code here is the reference that
+every other backend (numba CPU kernels, the pure-PyTorch path, later Triton) must match bit for bit.
 
-Summary of the spec (details in ``docs/rng.md``):
+Summary of the spec (details in [docs/rng.md](../rng.md)):
 
 * Philox4x32-10 (Salmon et al., SC'11, Random123), key ``(seed & 0xFFFFFFFF, seed >> 32)``.
 * The random field of a variant has the variant's *noise shape*; its elements are numbered in
@@ -171,7 +171,8 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = PHILOX_ROUNDS):
 
 def rank_key(key: tuple[int, int], rank: int) -> tuple[int, int]:
     """The key a rank uses in place of a drawn ``key``: words 0 and 1 of the Philox block with
-    counter ``(rank & 0xFFFFFFFF, rank >> 32, 3, 0)`` under ``key`` (``docs/rng.md``, section 9).
+    counter ``(rank & 0xFFFFFFFF, rank >> 32, 3, 0)`` under ``key`` ([docs/rng.md](../rng.md),
+    section 9).
 
     >>> rank_key((0, 0), 0) != rank_key((0, 0), 1)
     True
@@ -273,7 +274,7 @@ def box_muller(ra, rb, ops: ArrayOps = NUMPY_OPS):
 
     ``u1 = (ra + 1) * 2**-32`` in (0, 1], ``u2 = rb * 2**-32`` in [0, 1);
     returns ``(sqrt(-2 ln u1) cos(2 pi u2), sqrt(-2 ln u1) sin(2 pi u2))``, with ln, sqrt, sin
-    and cos evaluated by the fixed formulas of ``docs/rng.md`` section 5.
+    and cos evaluated by the fixed formulas of [docs/rng.md](../rng.md) section 5.
     """
     u1 = (ra + 1.0) * 2.0**-32
     m, e = ops.frexp(u1)

@@ -37,7 +37,8 @@ generator state is restored).
 
 Exit code: 0 when every dropkit row is within tolerance, 1 when one is not (peers never change
 the exit code), 2 for bad arguments, 1 when ``--out`` cannot be written. With ``--out DIR`` the
-rows go to ``DIR/audit.csv`` and ``DIR/audit.json`` and the picture to ``DIR/audit.png``. If
+rows go to ``DIR/audit.csv`` and ``DIR/audit.json`` and the picture to ``DIR/audit.png`` (one
+panel per variant: each row's relative error at its shape, with the ``±3%`` band). If
 matplotlib is missing, the CSV and JSON are still written, a one-line note goes to stderr and
 the exit code is unchanged: it reports the calibration, not the picture.
 
@@ -79,8 +80,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "Case", "Row", "add_parser", "audit", "block_plane_variance", "format_table", "grid",
-    "peer_cases", "run",
+    "Case", "Panel", "Row", "Series", "add_parser", "audit", "block_plane_variance",
+    "figure_data", "format_table", "grid", "peer_cases", "run",
 ]
 
 DEFAULT_DRAWS = 100
@@ -773,9 +774,10 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
     _write(path, write)
 
 
-_MARKERS = {"dropkit": "o", "torch": "x", "torchvision": "^", "timm": "s", "dropblock": "D"}
 _COLORS = {"dropkit": "#2c7fb8", "dropkit shared": "#41ab5d", "torch": "#636363",
            "torchvision": "#e6550d", "timm": "#d62728", "dropblock": "#756bb1"}
+_P_MARKERS = ("o", "^", "v", "s", "D", "P")  # one per requested rate, by rank
+BAND_LABEL = f"±{REL_TOL:.0%}"
 
 
 def _label(row: Row) -> str:
@@ -785,108 +787,132 @@ def _label(row: Row) -> str:
     return row.impl
 
 
-def _series(rows: Sequence[Row]) -> dict[str, list[Row]]:
-    """Rows with a measurement, by legend label."""
-    out: dict[str, list[Row]] = {}
-    for r in rows:
-        if r.realized is not None and r.p is not None:
-            out.setdefault(_label(r), []).append(r)
-    return out
-
-
-def _style(label: str, rows: list[Row]) -> dict[str, Any]:
-    provider = rows[0].provider
-    color = _COLORS.get("dropkit shared" if label.endswith("(shared masks)") else provider,
-                        "#000000")
+def _color(label: str, provider: str) -> str:
     if provider == "timm" and "couple_channels=False" in label:
-        color = "#ff9896"
-    marker = _MARKERS.get(provider, "v")
-    filled = marker != "x"
-    return {"marker": marker, "color": color, "markerfacecolor": color if filled else "none",
-            "linestyle": "none", "markersize": 5 if provider == "dropkit" else 7, "alpha": 0.85}
+        return "#ff9896"
+    return _COLORS.get("dropkit shared" if label.endswith("(shared masks)") else provider,
+                       "#000000")
 
 
-def _jitter(rows: list[Row], series_index: int, n_series: int, width: float) -> list[float]:
-    """x positions: ``p`` spread by configuration inside a band of ``width`` around it."""
-    xs = []
-    by_p: dict[float, int] = {}
-    for r in rows:
-        by_p[r.p] = by_p.get(r.p, 0) + 1
-    seen: dict[float, int] = {}
-    for r in rows:
-        k, n = seen.get(r.p, 0), by_p[r.p]
-        seen[r.p] = k + 1
-        slot = (series_index + (k + 0.5) / n) / n_series  # in (0, 1)
-        xs.append(r.p + (slot - 0.5) * width)
-    return xs
+def _config(row: Row) -> str:
+    """The x-axis category of a row: its shape, and its block size for DropBlock."""
+    text = "x".join(map(str, row.shape or []))
+    return text if row.block is None else f"{text}\nblock {'x'.join(map(str, row.block))}"
+
+
+@dataclass
+class Series:
+    """One implementation's points in one panel: x in category units (the configuration's
+    index, spread by rate inside the category), y the relative error in percent, yerr 4 SE in
+    percent of ``p``."""
+
+    label: str
+    provider: str
+    rows: list[Row]
+    x: list[float]
+    y: list[float]
+    yerr: list[float]
+    errors: int = 0  # rows of this implementation that did not run
+
+
+@dataclass
+class Panel:
+    """One variant: its configurations (x ticks), the rates drawn and one series per
+    implementation."""
+
+    variant: str
+    configs: list[str]
+    rates: list[float]
+    series: list[Series]
+
+
+def figure_data(rows: Sequence[Row]) -> list[Panel]:
+    """The picture's data: per variant (in :data:`VARIANTS` order, those with a measured row),
+    the relative error ``(realized - p) / p`` in percent of every measured row, placed at its
+    configuration (shape, block) and spread inside it by implementation and rate.
+
+    Error rows (nothing measured) are counted in their series' ``errors``."""
+    panels = []
+    for variant in VARIANTS:
+        mine = [r for r in rows if r.variant == variant]
+        measured = [r for r in mine if r.realized is not None and r.p is not None]
+        if not measured:
+            continue
+        configs = sorted({_config(r): (r.shape, r.block or []) for r in measured}.items(),
+                         key=lambda item: item[1])
+        index = {name: k for k, (name, _) in enumerate(configs)}
+        rates = sorted({r.p for r in measured})
+        by_label: dict[str, list[Row]] = {}
+        for r in measured:
+            by_label.setdefault(_label(r), []).append(r)
+        slots = len(by_label) * len(rates)
+        series = []
+        for i, (label, rs) in enumerate(by_label.items()):
+            slot = [i * len(rates) + rates.index(r.p) for r in rs]
+            spread = [0.8 * ((k + 0.5) / slots - 0.5) for k in slot]
+            series.append(Series(
+                label, rs[0].provider, rs,
+                x=[index[_config(r)] + d for r, d in zip(rs, spread, strict=True)],
+                y=[100.0 * r.rel_err for r in rs],
+                yerr=[100.0 * SIGMAS * r.se / r.p for r in rs],
+                errors=sum(1 for r in mine if r.within == "error" and _label(r) == label)))
+        panels.append(Panel(variant, [name for name, _ in configs], rates, series))
+    return panels
 
 
 _REL_TICKS = (-1000, -300, -100, -30, -10, -3, 0, 3, 10, 30, 100, 300, 1000)
 
 
 def draw_figure(rows: Sequence[Row], title: str) -> Any:
-    """One row of two panels per variant. Left: realized against requested ``p``, every row at
-    its exact ``p`` (so the ``y = x`` line is the target), with the 3% band. Right: the relative
-    error in percent (symlog), rows spread around their ``p`` by configuration so that each is
-    visible. Error bars are 4 SE; dropkit is drawn with circles, peers with other markers."""
+    """One panel per variant: the relative error ``(realized - p) / p`` in percent (symlog) of
+    every row, at its configuration (shape and block size) on the x axis, spread inside it by
+    implementation (colour) and requested ``p`` (marker), with the tolerance band ``±3%``.
+    Error bars are 4 SE (:func:`figure_data` holds the numbers)."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    variants = [v for v in VARIANTS if any(r.variant == v and r.realized is not None
-                                           for r in rows)]
-    fig = Figure(figsize=(13.0, 3.4 * max(1, len(variants)) + 0.8), layout="constrained")
-    axes = fig.subplots(max(1, len(variants)), 2, squeeze=False)
-    for (ax_abs, ax_rel), variant in zip(axes, variants, strict=False):
-        mine = [r for r in rows if r.variant == variant]
-        series = _series(mine)
-        rates = sorted({r.p for rs in series.values() for r in rs})
-        gap = min((b - a for a, b in itertools.pairwise(rates)), default=0.1)
-        width = 0.6 * gap
-        measured = [r for rs in series.values() for r in rs]
-        top = max([r.realized + SIGMAS * r.se for r in measured] + rates)
-        reach = max([abs(100 * r.rel_err) + 100 * SIGMAS * r.se / r.p for r in measured]
-                    + [10.0])
-        line = [0.0, max(rates) * 1.15]
-        ax_abs.plot(line, line, color="#999999", linewidth=1, linestyle="--", label="y = x")
-        ax_abs.fill_between(line, [v * (1 - REL_TOL) for v in line],
-                            [v * (1 + REL_TOL) for v in line], color="#bbbbbb", alpha=0.5,
-                            linewidth=0, label="p +- 3%")
-        ax_rel.axhspan(-100 * REL_TOL, 100 * REL_TOL, color="#bbbbbb", alpha=0.5, linewidth=0,
-                       label="+- 3%")
-        ax_rel.axhline(0.0, color="#999999", linewidth=1, linestyle="--")
-        for i, (label, rs) in enumerate(series.items()):
-            style = _style(label, rs)
-            out_count = sum(1 for r in rs if r.within == "no")
-            errors = sum(1 for r in mine if r.within == "error" and _label(r) == label)
-            shown = (f"{label} ({len(rs)} rows" + (f", {out_count} out" if out_count else "")
-                     + (f", {errors} not run: errors" if errors else "") + ")")
-            ax_abs.errorbar([r.p for r in rs], [r.realized for r in rs],
-                            yerr=[SIGMAS * r.se for r in rs], label=shown, elinewidth=0.8,
-                            capsize=0, **style)
-            ax_rel.errorbar(_jitter(rs, i, len(series), width), [100 * r.rel_err for r in rs],
-                            yerr=[100 * SIGMAS * r.se / r.p for r in rs], elinewidth=0.8,
-                            capsize=0, **style)
-        ax_abs.set_xlim(0.0, max(rates) * 1.15)
-        ax_abs.set_ylim(0.0, max(top, max(rates)) * 1.08)
-        ax_rel.set_xlim(min(rates) - width, max(rates) + width)
-        ax_rel.set_yscale("symlog", linthresh=3.0, linscale=1.0)
-        ax_rel.set_ylim(-reach * 1.2, reach * 1.2)
-        ax_rel.yaxis.set_major_locator(FixedLocator([t for t in _REL_TICKS if abs(t) <= reach]))
-        ax_rel.yaxis.set_minor_locator(NullLocator())
-        ax_rel.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}%" if v else "0"))
-        for ax in (ax_abs, ax_rel):
-            ax.set_xticks(rates)
-            ax.set_xlabel("requested p" + ("" if ax is ax_abs else
-                                           " (rows spread around it by configuration)"),
-                          fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=8)
-        ax_abs.set_title(f"{variant}: realized drop fraction vs requested p", fontsize=10)
-        ax_rel.set_title(f"{variant}: relative error realized / p - 1", fontsize=10)
-        ax_abs.set_ylabel("realized fraction of zeros", fontsize=9)
-        ax_rel.set_ylabel("relative error (symlog)", fontsize=9)
-        ax_abs.legend(fontsize=7, loc="upper left")
-        ax_rel.legend(fontsize=7, loc="upper left")
+    panels = figure_data(rows)
+    fig = Figure(figsize=(14.0, 3.0 * max(1, len(panels)) + 0.8), layout="constrained")
+    axes = fig.subplots(max(1, len(panels)), 1, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, panels, strict=False):
+        markers = dict(zip(panel.rates, itertools.cycle(_P_MARKERS), strict=False))
+        points = [(x, y, e) for s in panel.series for x, y, e in zip(s.x, s.y, s.yerr, strict=True)]
+        reach = max([abs(y) + e for _, y, e in points] + [10.0])
+        band = ax.axhspan(-100 * REL_TOL, 100 * REL_TOL, color="#bbbbbb", alpha=0.5,
+                          linewidth=0, label=BAND_LABEL)
+        ax.axhline(0.0, color="#999999", linewidth=1, linestyle="--")
+        handles = [band]
+        for s in panel.series:
+            color = _color(s.label, s.provider)
+            out = sum(1 for r in s.rows if r.within == "no")
+            for p in panel.rates:
+                at = [k for k, r in enumerate(s.rows) if r.p == p]
+                if at:
+                    ax.errorbar([s.x[k] for k in at], [s.y[k] for k in at],
+                                yerr=[s.yerr[k] for k in at], marker=markers[p], color=color,
+                                linestyle="none", markersize=5, elinewidth=0.8, capsize=0,
+                                alpha=0.85)
+            shown = (f"{s.label} ({len(s.rows)} rows" + (f", {out} out" if out else "")
+                     + (f", {s.errors} not run: errors" if s.errors else "") + ")")
+            handles.append(Line2D([], [], color=color, marker="s", linestyle="none",
+                                  label=shown))
+        handles += [Line2D([], [], color="#555555", marker=markers[p], linestyle="none",
+                           label=f"p = {p:g}") for p in panel.rates]
+        ax.set_xticks(range(len(panel.configs)), panel.configs)
+        ax.set_xlim(-0.5, len(panel.configs) - 0.5)
+        for k in range(1, len(panel.configs)):
+            ax.axvline(k - 0.5, color="#dddddd", linewidth=0.8)
+        ax.set_yscale("symlog", linthresh=3.0, linscale=1.0)
+        ax.set_ylim(-reach * 1.2, reach * 1.2)
+        ax.yaxis.set_major_locator(FixedLocator([t for t in _REL_TICKS if abs(t) <= reach]))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}%" if v else "0"))
+        ax.grid(alpha=0.3, axis="y")
+        ax.tick_params(labelsize=8)
+        ax.set_title(f"{panel.variant}: relative error (realized - p) / p, by shape", fontsize=10)
+        ax.set_ylabel("relative error (symlog)", fontsize=9)
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title, fontsize=11)
     return fig
 
@@ -1050,8 +1076,8 @@ def run(args: argparse.Namespace) -> int:
         write_json(folder / "audit.json", report)
         note = _write_png(folder / "audit.png", rows,
                           f"dropkit audit ({'quick' if quick else 'default'} grid, {draws} draws "
-                          f"per row, seed {seed}): realized drop fraction vs requested p; error "
-                          f"bars 4 SE; {verdict}")
+                          f"per row, seed {seed}): relative error of the realized drop "
+                          f"fraction; error bars 4 SE; {verdict}")
         written = [n for n in FILES if n != "audit.png" or note is None]
         print(f"dropkit audit: wrote {', '.join(str(folder / n) for n in written)}")
         if note is not None:

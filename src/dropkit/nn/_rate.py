@@ -17,11 +17,12 @@ class RateModule(nn.Module):
     to its op, which reads it at run time, so changing ``p`` (a schedule, every step, 0 and 1
     included) updates the compiled graph without recompiling it. Compiled and eager calls draw
     the same keys from the same generator state at every rate: the key is drawn inside the
-    graph only when ``0 < p < 1`` (``docs/rng.md``, section 2). A module whose ``p`` is 0 or 1
-    since construction (never assigned) passes that float instead, so a compiled ``p = 0``
-    layer is no operation at all; assigning ``p`` later compiles one more graph, once. In eager
-    mode the float is passed, which keeps the exact short cuts (``p = 0`` returns the input
-    itself). Copies (``copy.copy``, ``copy.deepcopy``, pickling) get their own rate tensor.
+    graph only when ``0 < p < 1`` ([docs/rng.md](../rng.md), section 2). A module whose ``p``
+    is 0 or 1 since construction (never assigned) passes that float instead, so a compiled
+    ``p = 0`` layer is no operation at all; assigning ``p`` later compiles one more graph,
+    once. In eager mode the float is passed, which keeps the exact short cuts (``p = 0``
+    returns the input itself). Copies (``copy.copy``, ``copy.deepcopy``, pickling) get their
+    own rate tensor.
 
     Args:
         p: The drop rate, in ``[0, 1]``.

@@ -47,7 +47,7 @@ class MultiheadAttention(nn.MultiheadAttention):
     ``torch.nn.MultiheadAttention``). In training with ``dropout > 0`` the attention weights of
     shape ``(N, num_heads, L, S)`` are dropped with dropkit's mask (the field of
     :func:`dropkit.functional.scaled_dot_product_attention`, numbered row-major,
-    ``docs/rng.md`` section 10), so
+    [docs/rng.md](../rng.md) section 10), so
     ``need_weights=False`` keeps no ``L x S`` tensor for backward. With ``need_weights=True``
     the weights are computed and dropped with :func:`dropkit.functional.dropout` (the same
     field, so the same positions for the same seed) and returned after dropout, as torch
