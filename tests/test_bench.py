@@ -80,6 +80,7 @@ def test_bench_smoke(tmp_path, capsys, no_peers):
         "threads": 1, "warmup": 2, "repeat": 3, "backend": "auto",
         "ops": ["dropout", "dropout2d", "dropblock2d", "drop_path"],
         "dropblock_shape": [2, 4, 8, 8], "block_sizes": [3, 4],
+        "attention_shapes": [list(s) for s in bench.DEFAULT_ATTENTION_SHAPES],
     }
     env = report["environment"]
     for key in ("date", "torch", "numba", "cpu_model", "torch_threads", "platform"):
@@ -448,7 +449,12 @@ def test_derive_shape_keeps_numel():
         (["--shape", "2,3,4,0"], r"`--shape` must be four positive integers"),
         (["--shape", "2,3,4,5", "--numel", "100"], r"has 120 elements but `--numel` is 100"),
         (["--ops", "dropblock"], r"`--ops` entries must be one of dropout, dropout2d, "
-                                 r"dropblock2d, drop_path \(or all\), got 'dropblock'"),
+                                 r"dropblock2d, drop_path, attention \(or all\), got 'dropblock'"),
+        (["--attention-shapes", "2x3x4"], r"`--attention-shapes` must be four positive "
+                                          r"integers N,H,L,E, got '2x3x4'"),
+        (["--attention-shapes", "1x2x8x4,1x2xax4"], r"`--attention-shapes` must be four "
+                                                    r"integers N,H,L,E, got '1x2xax4'"),
+        (["--attention-shapes", ","], r"`--attention-shapes` must name at least one NxHxLxE"),
         (["--ops", ","], r"`--ops` must name at least one op"),
         (["--block-sizes", "3,0"], r"`--block-sizes` must be a comma list of positive integers, "
                                    r"got '3,0'"),
@@ -476,3 +482,88 @@ def test_unparsable_number_is_argparse_exit_2(capsys):
         dropkit.cli.main(["bench", "--numel", "lots"])
     assert info.value.code == 2
     assert "invalid int value: 'lots'" in capsys.readouterr().err
+
+
+ATTENTION_SMALL = ["--ops", "attention", "--attention-shapes", "1x2x8x4,2x1x16x4", "--repeat",
+                   "2", "--warmup", "2", "--dtype", "float32,bfloat16"]
+
+
+def test_attention_rows(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert dropkit.cli.main(["bench", *ATTENTION_SMALL, "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "attention shapes=1x2x8x4,2x1x16x4 " in out
+    report = json.loads(path.read_text())
+    assert report["config"]["ops"] == ["attention"]
+    assert report["config"]["attention_shapes"] == [[1, 2, 8, 4], [2, 1, 16, 4]]
+    rows = report["rows"]
+    assert {r["op"] for r in rows} == {"attention"}
+    assert len(rows) == 2 * 2 * 2 * 2  # dtypes x shapes x passes x providers
+    for r in rows:
+        assert set(r) == ROW_FIELDS
+        n, h, length, e = r["shape"]
+        assert r["numel"] == n * h * length * e and r["p"] == pytest.approx(0.1)
+        element_size = torch.empty((), dtype=getattr(torch, r["dtype"])).element_size()
+        assert r["traffic_bytes_per_element"] == element_size * (4 if r["pass"] == "fwd" else 8)
+        assert 0 < r["min_ms"] <= r["median_ms"]
+        label = "x".join(map(str, r["shape"]))
+        name = {"torch": "F.scaled_dot_product_attention",
+                "dropkit": "dropkit.functional.scaled_dot_product_attention"}[r["provider"]]
+        assert r["impl"] == f"{name}(q, k, v, dropout_p=p) {label}"
+        if r["provider"] == "dropkit":
+            # q, k, v, the output, a float32 log-sum-exp per query row and the 16-byte key.
+            assert r["saved_bytes"] == 4 * r["numel"] * element_size + n * h * length * 4 + 16
+            torch_row = next(t for t in rows if (t["dtype"], t["pass"], t["shape"], t["provider"])
+                             == (r["dtype"], r["pass"], r["shape"], "torch"))
+            assert r["ratio_vs_torch"] == pytest.approx(torch_row["median_ms"] / r["median_ms"])
+            # torch's math SDPA keeps at least the L x S weights.
+            assert torch_row["saved_bytes"] >= n * h * length * length * element_size
+        else:
+            assert r["ratio_vs_torch"] is None
+    checks = [t for t in report["targets"] if t["target"].startswith("attention")]
+    assert len(checks) == 2 * (2 * 2 + 1 + 2)  # per dtype: 2 shapes x 2 passes, 1.5x, memory
+    assert all(t["met"] is True for t in checks if "O(L)" in t["target"])
+    assert [t["measured"] for t in checks if t["met"] is None] == [
+        "1x8x2048x64 not in --attention-shapes"] * 2
+
+
+def test_attention_is_not_in_the_default_ops(capsys, no_peers):
+    assert bench._parse_ops(None, bench.OP_NAMES, bench.DEFAULT_OPS) == [
+        "dropout", "dropout2d", "dropblock2d", "drop_path"]
+    assert bench._parse_ops("all", bench.OP_NAMES, bench.DEFAULT_OPS)[-1] == "attention"
+
+
+def _attention_row(pass_, provider, median_ms, shape=(1, 8, 2048, 64), saved=None):
+    numel = math.prod(shape)
+    return bench.Row("attention", pass_, provider, provider, "float32", numel, list(shape), 0.1, 2,
+                     median_ms, median_ms, 16, 1.0, None, saved,
+                     None if saved is None else saved / numel)
+
+
+def test_attention_targets_read_the_rows():
+    n, h, length, e = 1, 8, 2048, 64
+    inputs = 4 * n * h * length * e * 4
+    rows = [_attention_row("fwd", "torch", 10.0), _attention_row("fwd", "dropkit", 12.0),
+            _attention_row("fwd+bwd", "torch", 30.0),
+            _attention_row("fwd+bwd", "dropkit", 15.0, saved=inputs + 4 * n * h * length + 16)]
+    checks = {t["target"]: t for t in bench.check_targets(rows)}
+    slow = checks["attention fwd 1x8x2048x64 never slower than torch's SDPA"]
+    assert slow["met"] is False and slow["measured"].startswith("0.83x (12.00 vs 10.00 ms")
+    assert checks["attention fwd+bwd 1x8x2048x64 never slower than torch's SDPA"]["met"] is True
+    fast = checks["attention fwd+bwd 1x8x2048x64 >= 1.5x faster than torch's SDPA"]
+    assert fast["met"] is True and fast["measured"].startswith("2.00x")
+    memory = next(t for t in checks.values() if "O(L)" in t["target"])
+    assert memory["met"] is True and f"{4 * n * h * length + 16} B beyond" in memory["measured"]
+    # An L x S tensor kept for backward misses the memory target; 1.4x misses the speed one.
+    rows[3] = _attention_row("fwd+bwd", "dropkit", 30.0 / 1.4, saved=inputs + n * h * length**2)
+    checks = {t["target"]: t for t in bench.check_targets(rows)}
+    assert checks["attention fwd+bwd 1x8x2048x64 >= 1.5x faster than torch's SDPA"]["met"] is False
+    assert next(t for t in checks.values() if "O(L)" in t["target"])["met"] is False
+
+
+def test_saved_bytes_by_storage_counts_whole_storages():
+    x = torch.randn(1000, requires_grad=True)
+    y = x * 1.0  # a non-leaf whose views are saved
+    assert bench._saved_bytes_of(lambda: y[:10] * y[:10]) == 40
+    assert bench._saved_bytes_of(lambda: y[:10] * y[:10], by_storage=True) == 4000
+    assert bench._saved_bytes_of(lambda: y[:10] * y[10:20], by_storage=True) == 4000  # one storage

@@ -366,7 +366,8 @@ def test_shared_options_are_spelled_and_explained_alike():
     ("argv", "message"),
     [
         (["bench", "--ops", "dropblok"],
-         r"`--ops` entries must be one of dropout, dropout2d, dropblock2d, drop_path \(or all\), "
+         r"`--ops` entries must be one of dropout, dropout2d, dropblock2d, drop_path, attention "
+         r"\(or all\), "
          r"got 'dropblok'\."),
         (["bench", "--dtype", "int3"],
          r"`--dtype` entries must be one of float16, bfloat16, float32, float64, got 'int3'\."),

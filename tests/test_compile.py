@@ -37,6 +37,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], torch.Tensor]]] = {
     "GaussianDropout": (lambda: dn.GaussianDropout(0.3), lambda: _randn(4, 6)),
     "AlphaDropout": (lambda: dn.AlphaDropout(0.3), lambda: _randn(4, 6)),
     "DropPath": (lambda: dn.DropPath(0.3), lambda: _randn(4, 6)),
+    "DropHead": (lambda: dn.DropHead(0.3), lambda: _randn(2, 4, 3, 5)),
     "DropBlock1d": (lambda: dn.DropBlock1d(0.3, 3), lambda: _randn(2, 3, 8)),
     "DropBlock2d": (lambda: dn.DropBlock2d(0.3, 3), lambda: _randn(2, 3, 8, 8)),
     "DropBlock3d": (lambda: dn.DropBlock3d(0.3, 3), lambda: _randn(2, 3, 4, 4, 4)),

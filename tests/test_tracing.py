@@ -221,6 +221,7 @@ _INT = torch.ones(2, 3, 4, 4, dtype=torch.int64)
     (lambda: dn.SpatialDropout3d(), torch.ones(3, 3), ValueError, "expected a 5D input"),
     (lambda: dn.TimestepDropout(), torch.ones(3, 3), ValueError, "at least 3 dimensions"),
     (lambda: dn.DropPath(0.1), _INT, TypeError, "`input` must have dtype"),
+    (lambda: dn.DropHead(0.1), torch.ones(3, 3), ValueError, "a 4D input"),
     (lambda: dn.DropBlock1d(), _INT.float(), ValueError, "3D input"),
     (lambda: dn.DropBlock2d(), _INT, TypeError, "`input` must have dtype"),
     (lambda: dn.DropBlock3d(), torch.ones(3, 3), ValueError, "5D input"),

@@ -683,3 +683,56 @@ __all__ += ["gaussian_noise"]
 from ._attention import scaled_dot_product_attention  # noqa: E402
 
 __all__ += ["scaled_dot_product_attention"]
+
+
+def drop_head(
+    input: Tensor,
+    p: float,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """DropHead: drop whole attention heads, one decision per (sample, head).
+
+    Exactly :func:`dropout` with ``noise_shape=(N, H, 1, 1)`` (the same mask engine, bits and
+    scale): each kept head is scaled by ``1 / (1 - p_eff)``, which keeps the expectation. The
+    paper (Zhou et al., 2020) instead rescales by ``H / (number of kept heads)`` per sample,
+    which depends on the draw; dropkit uses the expectation-preserving scale of dropout. Apply
+    it to the per-head attention output ``(N, H, L, E)``, before the heads are merged and
+    projected (``docs/guides/attention.md``).
+
+    Args:
+        input: Per-head outputs ``(N, H, L, E)`` of a floating dtype.
+        p: Probability of dropping a head (not the keep probability), in ``[0, 1]``.
+        training: Apply DropHead if ``True``; return ``input`` itself otherwise.
+        seed: Fixes the mask: an int in ``[0, 2**64)``.
+        generator: Draws the seed when ``seed`` is not given.
+
+    Shape:
+        - Input: ``(N, H, L, E)``. Output: same shape.
+
+    Raises:
+        TypeError: As :func:`dropout`.
+        ValueError: As :func:`dropout`, or an input that is not 4D.
+
+    Example:
+        >>> import torch, dropkit.functional as DF
+        >>> y = DF.drop_head(torch.ones(2, 4, 3, 5), 0.5, seed=1)
+        >>> bool(((y == 0).flatten(2).all(-1) | (y == 2).flatten(2).all(-1)).all())
+        True
+
+    Reference:
+        Zhou et al., "Scheduled DropHead: A Regularization Method for Transformer Models",
+        Findings of EMNLP 2020.
+    """
+    fn = "drop_head"
+    p = _check_common(fn, input, p, training, False, seed, generator)
+    if input.dim() != 4:
+        raise ValueError(f"{fn}: expected per-head outputs (N, H, L, E), a 4D input, got a "
+                         f"{input.dim()}D tensor of shape {tuple(input.shape)}.")
+    noise_shape = (input.shape[0], input.shape[1], 1, 1)
+    return _dropout_impl(input, p, training, False, "inverted", noise_shape, seed, generator)
+
+
+__all__ += ["drop_head"]

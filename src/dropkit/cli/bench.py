@@ -19,9 +19,16 @@ tensors:
   at block 7 (optional peers, never dependencies: a peer that is missing or whose call fails is
   a printed note, never a crash);
 * DropPath (op ``drop_path``): :func:`dropkit.functional.drop_path` against a plain-torch
-  reference of timm's ``drop_path`` on the ``2**24`` tensor viewed as ``(256, rest)``.
+  reference of timm's ``drop_path`` on the ``2**24`` tensor viewed as ``(256, rest)``;
+* attention (op ``attention``): :func:`dropkit.functional.scaled_dot_product_attention` against
+  :func:`torch.nn.functional.scaled_dot_product_attention` with the same ``dropout_p`` (``--p``)
+  on the same ``q``, ``k``, ``v`` of every ``--attention-shapes`` entry ``(N, H, L, E)``
+  (default ``(8, 12, 128, 64)``, ``(4, 8, 512, 64)``, ``(1, 8, 2048, 64)``), forward and
+  forward+backward. Its bytes kept for backward sum the ``untyped_storage().nbytes()`` of the
+  unique storages of the saved tensors (the inputs' storages included, for both).
 
-``--ops`` selects the ops (default: all).
+``--ops`` selects the ops (default: all but ``attention``, which takes minutes at its default
+shapes; ``--ops all`` or ``--ops attention`` runs it).
 
 Timing is wall clock (:func:`time.perf_counter`) around each call after ``--warmup`` untimed
 calls (these also trigger numba's JIT compilation); each row reports the median and the minimum
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -71,11 +79,14 @@ DEFAULT_NUMEL = 2**24
 DEFAULT_SHAPE = (32, 256, 32, 64)  # 2**24 elements
 DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 BACKEND_NAMES = ("auto", "numba", "torch")
-OP_NAMES = ("dropout", "dropout2d", "dropblock2d", "drop_path")
+OP_NAMES = ("dropout", "dropout2d", "dropblock2d", "drop_path", "attention")
+DEFAULT_OPS = OP_NAMES[:-1]  # attention (minutes at its default shapes) runs when named or all
 MIN_WARMUP = 2
 CPU_REPEAT, CPU_WARMUP = 15, 3  # --repeat and --warmup of the CPU benchmark
 DEFAULT_DROPBLOCK_SHAPE = (32, 256, 28, 28)
 DEFAULT_BLOCK_SIZES = (3, 5, 7, 9)
+DEFAULT_ATTENTION_SHAPES = ((8, 12, 128, 64), (4, 8, 512, 64), (1, 8, 2048, 64))  # (N, H, L, E)
+ATTENTION_SHAPE_NAMES = ("N", "H", "L", "E")
 PEER_BLOCK_SIZE = 7  # per_channel=False and the peers are timed at this block size
 DROP_PATH_ROWS = 256  # drop_path views the flat tensor as (gcd(numel, 256), rest)
 PEER_PACKAGES = ("torchvision", "timm", "dropblock")
@@ -94,6 +105,12 @@ TARGET_BLOCK_SPREAD = 1.25  # max/min median time over block sizes 3..9
 TARGET_VS_TORCHVISION = 5.0  # at least 5x faster than torchvision.ops.drop_block2d (block 7)
 TARGET_VS_TIMM_PER_CHANNEL = 2.0  # at least 2x faster than timm per-channel (block 7)
 TARGET_VS_TIMM_DEFAULT = 1.0  # no slower than timm's default DropBlock2d (block 7)
+# Attention targets (CPU, p = 0.1): never slower than torch's SDPA with dropout, fwd+bwd at least
+# 1.5x faster at (1, 8, 2048, 64), and O(L) bytes kept for backward beyond q, k, v and the output.
+TARGET_ATTENTION_FWD_BWD_SPEEDUP = 1.5
+TARGET_ATTENTION_SPEEDUP_SHAPE = (1, 8, 2048, 64)
+TARGET_ATTENTION_SAVED_PER_ROW = 8  # bytes per query row (a float32 log-sum-exp: 4) ...
+TARGET_ATTENTION_SAVED_FIXED = 64  # ... plus a fixed-size key
 
 # Defaults of the options of --device cuda (dropkit.cli.bench_gpu), shown by --help.
 GPU_SUITES = ("dropout", "sweep", "bias_dropout_add", "dropblock2d")
@@ -107,7 +124,7 @@ GPU_DROPBLOCK_SHAPES = ((64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14)
 GPU_QUICK_DROPBLOCK_BATCH = 8  # --quick: the same shapes with batch 8
 GPU_COMPILE_BACKEND = "inductor"
 GPU_ONLY_OPTIONS = ("size", "quick", "sweep", "bda_shape", "compile_backend")
-CPU_ONLY_OPTIONS = ("numel", "shape", "threads", "backend", "block_sizes")
+CPU_ONLY_OPTIONS = ("numel", "shape", "threads", "backend", "block_sizes", "attention_shapes")
 
 # timer(call, reset, warmup, repeat) -> milliseconds of each of ``repeat`` timed calls.
 Timer = Callable[[Callable[[], object], Callable[[], None], int, int], list[float]]
@@ -168,9 +185,14 @@ def _parse_dtypes(text: str) -> list[str]:
     return list(dict.fromkeys(names))  # keep order, drop repeats
 
 
-def _parse_ops(text: str | None, choices: Sequence[str] = OP_NAMES) -> list[str]:
-    """Split a comma list of names from ``choices`` (``all`` or None: every one), rejecting
-    unknown ones; the result is in the order of ``choices`` (the table order)."""
+def _parse_ops(
+    text: str | None, choices: Sequence[str] = OP_NAMES, default: Sequence[str] | None = None
+) -> list[str]:
+    """Split a comma list of names from ``choices`` (``all``: every one; None: ``default``,
+    every one when that is None), rejecting unknown ones; the result is in the order of
+    ``choices`` (the table order)."""
+    if text is None and default is not None:
+        return list(default)
     if text is None or text.strip() == "all":
         return list(choices)
     names = _split_names(text, "--ops", "op", choices, " (or all)")
@@ -210,6 +232,17 @@ def _parse_shape(
             f"`{option}` must be {count} positive integers {','.join(names)}, got {text!r}."
         )
     return dims
+
+
+def _parse_attention_shapes(text: str) -> list[tuple[int, ...]]:
+    """Split a comma list of ``NxHxLxE`` shapes (ValueError otherwise), dropping repeats."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError(f"`--attention-shapes` must name at least one NxHxLxE shape, got "
+                         f"{text!r}.")
+    return list(dict.fromkeys(
+        _parse_shape(part, "--attention-shapes", ATTENTION_SHAPE_NAMES) for part in parts
+    ))
 
 
 def _largest_divisor_at_most(n: int, limit: float) -> int:
@@ -260,6 +293,7 @@ class _Config:
     ops: list[str]
     dropblock_shape: tuple[int, int, int, int]
     block_sizes: list[int]
+    attention_shapes: list[tuple[int, ...]]
 
 
 def _only_with(args: argparse.Namespace, options: Sequence[str], where: str) -> None:
@@ -309,11 +343,13 @@ def _config(args: argparse.Namespace) -> _Config:
         warmup=warmup,
         backend=backend,
         json_path=args.json,
-        ops=_parse_ops(args.ops),
+        ops=_parse_ops(args.ops, OP_NAMES, DEFAULT_OPS),
         dropblock_shape=DEFAULT_DROPBLOCK_SHAPE if args.dropblock_shape is None
         else _parse_shape(args.dropblock_shape, "--dropblock-shape"),
         block_sizes=list(DEFAULT_BLOCK_SIZES) if args.block_sizes is None
         else _parse_block_sizes(args.block_sizes),
+        attention_shapes=list(DEFAULT_ATTENTION_SHAPES) if args.attention_shapes is None
+        else _parse_attention_shapes(args.attention_shapes),
     )
 
 
@@ -405,15 +441,22 @@ def _saved_bytes(
     return _saved_bytes_of(lambda: fn(leaf, p))
 
 
-def _saved_bytes_of(forward: Callable[[], torch.Tensor]) -> int:
+def _saved_bytes_of(forward: Callable[[], torch.Tensor], by_storage: bool = False) -> int:
     """Bytes of the tensors autograd saves for backward while ``forward()`` runs (its inputs
     should require grad), deduplicated by data pointer; the output is dropped before returning.
+
+    With ``by_storage``, the bytes are the ``untyped_storage().nbytes()`` of the unique storages
+    the saved tensors view (what stays allocated), not the tensors' own sizes.
     """
     import torch
 
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        if by_storage:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+            return t
         ptr = t.data_ptr()
         seen[ptr] = max(seen.get(ptr, 0), t.numel() * t.element_size())
         return t
@@ -711,7 +754,131 @@ def _measure(
         ref = torch_ms.get((r.op, r.pass_))
         if r.provider != "torch" and ref is not None and r.median_ms > 0:
             r.ratio_vs_torch = ref / r.median_ms
+    if "attention" in cfg.ops:
+        rows += _attention_rows(cfg, dtype_name, threads)
     return rows
+
+
+def _shape_label(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _attention_impl(name: str, shape: Sequence[int]) -> str:
+    return f"{name}(q, k, v, dropout_p=p) {_shape_label(shape)}"
+
+
+def _attention_rows(
+    cfg: _Config, dtype_name: str, threads: int, timer: Timer = _time_ms
+) -> list[Row]:
+    """The attention rows of one dtype: for every ``cfg.attention_shapes`` entry, torch's and
+    dropkit's SDPA with ``dropout_p = cfg.p`` on the same ``q, k, v`` (``(N, H, L, E)`` each)
+    and one upstream gradient, forward and forward+backward, timed by ``timer``.
+
+    ``numel`` is ``q``'s element count; the traffic counts the fewest tensor passes (forward:
+    read q, k, v, write the output, 4; forward+backward: also read the gradient and write three
+    input gradients, 8), so GB/s is only a lower bound for a compute-bound op. ``saved_bytes``
+    sums the unique storages autograd keeps (:func:`_saved_bytes_of` with ``by_storage``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    import dropkit.functional as DF
+
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    providers: tuple[tuple[str, str, Callable[..., torch.Tensor]], ...] = (
+        ("torch", "F.scaled_dot_product_attention", F.scaled_dot_product_attention),
+        ("dropkit", "dropkit.functional.scaled_dot_product_attention",
+         DF.scaled_dot_product_attention),
+    )
+    p = cfg.p
+    rows: list[Row] = []
+    for shape in cfg.attention_shapes:
+        q, k, v, g = (torch.randn(shape, generator=gen).to(dtype) for _ in range(4))
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        numel = q.numel()
+        torch_ms: dict[str, float] = {}
+        for pass_, traffic in (("fwd", 4), ("fwd+bwd", 8)):
+            for provider, name, fn in providers:
+                forward = functools.partial(fn, dropout_p=p)
+                if pass_ == "fwd":
+                    times = timer(functools.partial(forward, q, k, v), lambda: None,
+                                  cfg.warmup, cfg.repeat)
+                else:
+                    times = _time_fwd_bwd(timer, forward, leaves, leaves, g, cfg.warmup,
+                                          cfg.repeat)
+                saved = _saved_bytes_of(functools.partial(forward, *leaves), by_storage=True)
+                median = statistics.median(times)
+                if provider == "torch":
+                    torch_ms[pass_] = median
+                ref = torch_ms.get(pass_)
+                rows.append(Row(
+                    op="attention", pass_=pass_, provider=provider,
+                    impl=_attention_impl(name, shape), dtype=dtype_name, numel=numel,
+                    shape=list(shape), p=p, threads=threads, median_ms=median,
+                    min_ms=min(times), traffic_bytes_per_element=traffic * q.element_size(),
+                    gb_per_s=_gb_per_s(traffic * q.element_size(), numel, median),
+                    ratio_vs_torch=ref / median if provider != "torch" and ref and median > 0
+                    else None,
+                    saved_bytes=saved, saved_bytes_per_element=saved / numel,
+                ))
+    return rows
+
+
+def _attention_checks(rows: Sequence[Row], dtype: str) -> list[dict[str, Any]]:
+    """The attention targets for one dtype: dropkit never slower than torch's SDPA (each shape
+    and pass), forward+backward >= 1.5x faster at (1, 8, 2048, 64) (not measured when that
+    shape did not run), and bytes kept beyond q, k, v and the output O(L)."""
+    mine = [r for r in rows if r.op == "attention" and r.dtype == dtype]
+    checks: list[dict[str, Any]] = []
+    if not mine:
+        return checks
+
+    def pair(pass_: str, shape: list[int]) -> tuple[Row | None, Row | None]:
+        found = {r.provider: r for r in mine if r.pass_ == pass_ and r.shape == shape}
+        return found.get("dropkit"), found.get("torch")
+
+    shapes = list(dict.fromkeys(tuple(r.shape) for r in mine))
+    for shape in shapes:
+        label = _shape_label(shape)
+        for pass_ in ("fwd", "fwd+bwd"):
+            ours, theirs = pair(pass_, list(shape))
+            checks.append(_speedup_check(
+                dtype, f"attention {pass_} {label} never slower than torch's SDPA", ours,
+                theirs, 1.0, "no row"))
+    target = list(TARGET_ATTENTION_SPEEDUP_SHAPE)
+    label = _shape_label(target)
+    ours, theirs = pair("fwd+bwd", target)
+    checks.append(_speedup_check(
+        dtype, f"attention fwd+bwd {label} >= {TARGET_ATTENTION_FWD_BWD_SPEEDUP:g}x faster "
+        "than torch's SDPA", ours, theirs, TARGET_ATTENTION_FWD_BWD_SPEEDUP,
+        f"{label} not in --attention-shapes"))
+    for shape in shapes:
+        ours, _ = pair("fwd+bwd", list(shape))
+        if ours is None or ours.saved_bytes is None:
+            continue
+        n, h, length, _e = shape
+        inputs = 4 * ours.numel * _element_size(dtype)  # q, k, v and the output
+        extra = ours.saved_bytes - inputs
+        bound = TARGET_ATTENTION_SAVED_PER_ROW * n * h * length + TARGET_ATTENTION_SAVED_FIXED
+        checks.append({
+            "dtype": dtype,
+            "target": f"attention {_shape_label(shape)}: bytes kept for backward beyond "
+                      f"q, k, v and the output O(L): <= {TARGET_ATTENTION_SAVED_PER_ROW} B per "
+                      f"query row + {TARGET_ATTENTION_SAVED_FIXED}",
+            "measured": f"{ours.saved_bytes} B in total, {extra} B beyond q, k, v, output "
+                        f"(bound {bound} B; L x S would be {n * h * length * length} "
+                        "elements)",
+            "met": extra <= bound,
+        })
+    return checks
+
+
+def _element_size(dtype: str) -> int:
+    """Bytes per element of the torch dtype named ``dtype``."""
+    import torch
+
+    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
 
 
 # ----------------------------------------------------------------------------- targets
@@ -859,6 +1026,7 @@ def check_targets(
                     "met": dk_s.median_ms <= t_s.median_ms,
                 })
         checks += _dropblock_checks(rows, dtype, peer_notes or {})
+        checks += _attention_checks(rows, dtype)
     return checks
 
 
@@ -1036,7 +1204,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"dropkit bench: ops={','.join(cfg.ops)} numel={cfg.numel} "
             f"spatial shape={tuple(cfg.shape)} dropblock shape={tuple(cfg.dropblock_shape)} "
-            f"block sizes={','.join(map(str, cfg.block_sizes))} p={cfg.p:g} "
+            f"block sizes={','.join(map(str, cfg.block_sizes))} attention shapes="
+            f"{','.join(_shape_label(s) for s in cfg.attention_shapes)} p={cfg.p:g} "
             f"threads={threads} dtypes={','.join(cfg.dtypes)} warmup={cfg.warmup} "
             f"repeat={cfg.repeat} backend={cfg.backend} load average before={load_before}",
             flush=True,
@@ -1067,7 +1236,8 @@ def run(args: argparse.Namespace) -> int:
     legend = (
         "torch/this: torch's median over this row's median for the same op and pass "
         "(> 1: faster than torch).\n"
-        "GB/s counts 2*element_size bytes per element per pass (fill references: 1).\n"
+        "GB/s counts 2*element_size bytes per element per pass (fill references: 1; "
+        "attention: 4 fwd, 8 fwd+bwd per element of q).\n"
         "Targets (stated for float32, 2 cores, p=0.1, 2**24 elements; "
         f"DropBlock: {DEFAULT_DROPBLOCK_SHAPE}, per_channel=True):"
     )
@@ -1076,6 +1246,7 @@ def run(args: argparse.Namespace) -> int:
         "dtypes": cfg.dtypes, "threads": threads, "warmup": cfg.warmup,
         "repeat": cfg.repeat, "backend": cfg.backend, "ops": cfg.ops,
         "dropblock_shape": list(cfg.dropblock_shape), "block_sizes": cfg.block_sizes,
+        "attention_shapes": [list(s) for s in cfg.attention_shapes],
     }
     return _report(format_table(rows), legend, rows, checks, cfg.json_path,
                    config, env, list(peer_notes.values()))
@@ -1173,8 +1344,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         help=f"CPU: dropkit's CPU backend: {', '.join(BACKEND_NAMES)} "
                              "(default: auto)")
     parser.add_argument("--ops", default=None, metavar="LIST",
-                        help=f"comma list of {', '.join(OP_NAMES)}; {gpu}of "
-                             f"{', '.join(GPU_SUITES)} (default: all)")
+                        help=f"comma list of {', '.join(OP_NAMES)}, or all (default: all but "
+                             f"attention); {gpu}of {', '.join(GPU_SUITES)} (default: all)")
     parser.add_argument("--dropblock-shape", default=None, metavar="N,C,H,W",
                         help="dropblock2d input shape (default: "
                              f"{','.join(map(str, DEFAULT_DROPBLOCK_SHAPE))}; {gpu}the four "
@@ -1183,6 +1354,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         help="CPU: dropblock2d block sizes for per_channel=True (default: "
                              f"{','.join(map(str, DEFAULT_BLOCK_SIZES))}; per_channel=False and "
                              f"the peers use {PEER_BLOCK_SIZE}, as does the GPU suite)")
+    parser.add_argument("--attention-shapes", default=None, metavar="LIST",
+                        help="CPU: comma list of NxHxLxE shapes of q, k and v for the attention "
+                             "op (default: "
+                             f"{','.join(_shape_label(s) for s in DEFAULT_ATTENTION_SHAPES)})")
     parser.add_argument("--size", type=float, default=None, metavar="MIB",
                         help=f"{gpu}MiB per tensor of the dropout rows, fwd, bwd and fwd+bwd "
                              f"(default: {GPU_SIZE_MIB:g}; --quick {GPU_QUICK_SIZE_MIB:g})")

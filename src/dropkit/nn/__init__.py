@@ -10,6 +10,7 @@ from .drop_connect import (
     DropConnectConv3d,
     DropConnectLinear,
 )
+from .drop_head import DropHead
 from .drop_path import DropPath
 from .dropout import (
     AlphaDropout,
@@ -32,6 +33,7 @@ __all__ = [
     "DropConnectConv2d",
     "DropConnectConv3d",
     "DropConnectLinear",
+    "DropHead",
     "DropPath",
     "Dropout",
     "EmbeddingDropout",
