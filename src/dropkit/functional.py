@@ -700,7 +700,7 @@ def drop_head(
     paper (Zhou et al., 2020) instead rescales by ``H / (number of kept heads)`` per sample,
     which depends on the draw; dropkit uses the expectation-preserving scale of dropout. Apply
     it to the per-head attention output ``(N, H, L, E)``, before the heads are merged and
-    projected (``docs/guides/attention.md``).
+    projected ([the attention guide](../guides/attention.md)).
 
     Args:
         input: Per-head outputs ``(N, H, L, E)`` of a floating dtype.
