@@ -54,6 +54,16 @@ def is_empty(x: Tensor) -> bool:
     return False
 
 
+def check_spatial_rank(name: str, shape: list[int], dims: int) -> None:
+    """The rank rule of the spatial variants (``dims`` spatial axes, batched or unbatched) in
+    TorchScript, where :mod:`dropkit._validation` cannot run; ``name`` is the module's."""
+    rank = len(shape)
+    if rank != dims + 2 and rank != dims + 1:
+        raise ValueError(name + str(dims) + "d: expected a " + str(dims + 2)
+                         + "D input or an unbatched " + str(dims + 1) + "D input, got a "
+                         + str(rank) + "D tensor.")
+
+
 def threshold(p: float) -> int:
     """:func:`dropkit.rng.threshold` (TorchScript reads no global constants: 65536 is
     ``rng.LANE_RANGE``)."""

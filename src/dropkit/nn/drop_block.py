@@ -58,11 +58,7 @@ class _DropBlockNd(_jit.Forward, RateModule):
         seed: int | None,
         generator: torch.Generator | None,
     ) -> Tensor:
-        dims, rank = self._spatial_dims, len(shape)
-        if rank != dims + 2 and rank != dims + 1:
-            raise ValueError("DropBlock" + str(dims) + "d: expected a " + str(dims + 2)
-                             + "D input or an unbatched " + str(dims + 1) + "D input, got a "
-                             + str(rank) + "D tensor.")
+        _jit.check_spatial_rank("DropBlock", shape, self._spatial_dims)
         p = self._p_value
         if not self.training or _jit.is_empty(input) or p == 0.0:
             return input

@@ -181,10 +181,7 @@ class _SpatialDropout(_ModeDropout):
         generator: torch.Generator | None,
     ) -> Tensor:
         dims, rank = self._spatial_dims, len(shape)
-        if rank != dims + 2 and rank != dims + 1:
-            raise ValueError("SpatialDropout" + str(dims) + "d: expected a " + str(dims + 2)
-                             + "D input or an unbatched " + str(dims + 1) + "D input, got a "
-                             + str(rank) + "D tensor.")
+        _jit.check_spatial_rank("SpatialDropout", shape, dims)
         lead = rank - dims - 1  # 1 when batched, 0 when unbatched
         if self.data_format == "channels_first":
             noise = shape[: lead + 1] + [1] * dims
