@@ -959,10 +959,10 @@ def test_eager_path_hands_traced_and_fake_calls_to_the_custom_op():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     key, args = DF.draw_key(1), (rng.threshold(0.5), [8], 2.0, 0.0, 0.0)
-    assert DF._ops._plain_eager(torch.ones(8), key)
+    assert not DF._ops._traced((torch.ones(8), key))
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fake = mode.from_tensor(torch.ones(8))
-        assert not DF._ops._plain_eager(fake, key)
+        assert DF._ops._traced((fake, key))
         assert DF._ops.masked_affine_eager(fake, key, *args).shape == (8,)
     graph = torch.fx.experimental.proxy_tensor.make_fx(
         lambda t: DF._ops.masked_affine_eager(t, key, *args))(torch.ones(8))

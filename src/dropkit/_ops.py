@@ -108,12 +108,6 @@ def _masked_affine_backward(ctx, grad):
     return grad_x, None, None, None, None, None, None
 
 
-def _plain_eager(*tensors: Tensor) -> bool:
-    """Whether a call may bypass the custom-op dispatcher: plain tensors in plain eager mode (no
-    compiler, no export or ``make_fx`` tracing, no fake tensors, no functorch transform)."""
-    return not _traced(tensors) and not torch._C._are_functorch_transforms_active()
-
-
 def _traced(args: Sequence[object]) -> bool:
     """Whether a call must be the custom op itself: under ``torch.compile``, export, ``make_fx``
     or another dispatch mode, or with a tensor subclass (fake tensors, ...) among ``args``."""
